@@ -1,0 +1,93 @@
+"""The command line: `run` (default), `once`, `check [--connect]`, `--version`; exit codes."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from exporter import __version__, logs
+from exporter.app import Daemon, check, once
+from exporter.config import load_config
+from exporter.errors import ConfigError
+from exporter.settings import DEFAULT_PORT, ENV_PREFIX, Settings, load_settings
+
+EXIT_OK, EXIT_FAILED, EXIT_CONFIG = 0, 1, 2
+
+_SETTING_FLAGS: dict[str, str] = {
+    "database_url": "PostgreSQL URL (prefer the env var: flags show up in `ps`)",
+    "database_password_file": "file whose content is the database password",
+    "listen_address": f"host:port to serve on (default :{DEFAULT_PORT})",
+    "queries_file": "queries file (default: the shipped queries.yaml)",
+    "log_level": "debug, info, warning or error",
+    "log_format": "logfmt or json",
+    "pool_size": "database connections at most (default 2)",
+    "statement_cache_size": "asyncpg prepared-statement cache; 0 for PgBouncer/Supavisor",
+    "locales": "comma-separated locales to check (default en)",
+    "media_storage_quota_bytes": "media storage quota, for homepage_media_storage_percent",
+}
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="homepage-cms-exporter",
+        description="Prometheus exporter for the Homepage CMS on PostgreSQL.",
+        epilog=f"Every flag has an environment variable {ENV_PREFIX}<FLAG_NAME>; flags win.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--env-file", type=Path, help="read settings from this .env file")
+    for field, help_text in _SETTING_FLAGS.items():
+        common.add_argument("--" + field.replace("_", "-"), dest=field, help=help_text)
+    sub = parser.add_subparsers(dest="command", metavar="{run,once,check}")
+    sub.add_parser("run", parents=[common], help="serve /metrics (the default)")
+    sub.add_parser("once", parents=[common], help="run every query once, print the exposition")
+    check_parser = sub.add_parser("check", parents=[common], help="validate settings and queries")
+    check_parser.add_argument(
+        "--connect", action="store_true", help="also run every query once, read-only"
+    )
+    return parser
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    overrides: dict[str, Any] = {f: getattr(args, f, None) for f in _SETTING_FLAGS}
+    return load_settings(overrides, env_file=args.env_file)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or (argv[0].startswith("-") and argv[0] not in ("-h", "--help", "--version")):
+        argv.insert(0, "run")
+    args = _parser().parse_args(argv)
+    try:
+        settings = _settings(args)
+        logs.configure(settings.log_level, settings.log_format, settings.secrets())
+        settings.database_password()  # an unreadable password file is a config error, now
+        config = load_config(settings.queries_file)
+        if args.command == "check":
+            return check(settings, config, connect=args.connect)
+        if args.command == "once":
+            return once(settings, config)
+        _run(settings, config)
+        return EXIT_OK
+    except ConfigError as exc:
+        print(f"homepage-cms-exporter: {logs.redact(str(exc))}", file=sys.stderr)
+        return EXIT_CONFIG
+    except KeyboardInterrupt:
+        return EXIT_FAILED
+
+
+def _run(settings: Settings, config: Any) -> None:
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a dependency; this keeps PyPy usable
+        asyncio.run(Daemon(settings, config).run())
+        return
+    uvloop.run(_daemon(settings, config))
+
+
+async def _daemon(settings: Settings, config: Any) -> None:
+    await Daemon(settings, config).run()

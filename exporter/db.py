@@ -1,0 +1,223 @@
+"""The read-only database session: a bounded asyncpg pool and one classified error type.
+
+Every asyncpg, socket or timeout failure is translated here, once, into `QueryError`:
+
+    QueryError(reason=ErrorReason.X, message="one line, no secrets")
+        TIMEOUT      statement_timeout fired on the server, or our own deadline
+        CONNECTION   cannot connect, authentication, server shutting down, connection lost
+        PERMISSION   privilege or row-security refusal
+        SQL          anything else the server rejected (including a write in a read-only txn)
+        INVALID_RESULT  raised later, by mapping, when rows do not fit the metrics
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+from types import TracebackType
+from typing import Any, Self
+
+import asyncpg
+
+from exporter.logs import redact
+
+APPLICATION_NAME = "homepage-cms-exporter"
+# Our deadline trails the server's statement_timeout so the server cancels first and says so.
+CLIENT_GRACE_SECONDS = 1.0
+CLOSE_TIMEOUT_SECONDS = 3.0
+EXTENSIONS_TTL_SECONDS = 60.0
+
+
+class ErrorReason(StrEnum):
+    """The closed set of reasons in homepage_exporter_query_errors_total."""
+
+    TIMEOUT = "timeout"
+    CONNECTION = "connection"
+    PERMISSION = "permission"
+    SQL = "sql"
+    INVALID_RESULT = "invalid_result"
+
+
+class QueryError(Exception):
+    """A classified failure; `message` is one log-safe line."""
+
+    def __init__(self, reason: ErrorReason, message: str) -> None:
+        super().__init__(f"{reason}: {message}")
+        self.reason = reason
+        self.message = message
+
+
+def _one_line(text: str) -> str:
+    return redact(" ".join(text.split()))
+
+
+def classify(exc: BaseException) -> QueryError:
+    """Translate any exception from a database round trip into a `QueryError`."""
+    if isinstance(exc, QueryError):
+        return exc
+    if isinstance(exc, TimeoutError | asyncpg.QueryCanceledError):
+        detail = str(exc) or "client deadline passed"
+        return QueryError(ErrorReason.TIMEOUT, _one_line(detail))
+    if isinstance(exc, asyncpg.InsufficientPrivilegeError):
+        return QueryError(ErrorReason.PERMISSION, _one_line(str(exc)))
+    if isinstance(exc, asyncpg.ReadOnlySQLTransactionError):
+        return QueryError(
+            ErrorReason.SQL, _one_line(f"refused by the read-only transaction: {exc}")
+        )
+    connection_errors = (
+        OSError,
+        asyncpg.PostgresConnectionError,
+        asyncpg.InvalidAuthorizationSpecificationError,
+        asyncpg.InvalidPasswordError,
+        asyncpg.InvalidCatalogNameError,
+        asyncpg.CannotConnectNowError,
+        asyncpg.TooManyConnectionsError,
+        asyncpg.AdminShutdownError,
+        asyncpg.CrashShutdownError,
+        asyncpg.InterfaceError,
+        asyncpg.ConnectionDoesNotExistError,
+    )
+    if isinstance(exc, connection_errors):
+        text = str(exc) or type(exc).__name__
+        if isinstance(exc, OSError) and exc.strerror:
+            text = f"{exc.strerror} ({type(exc).__name__})"
+        return QueryError(ErrorReason.CONNECTION, _one_line(text))
+    if isinstance(exc, asyncpg.PostgresError):
+        return QueryError(ErrorReason.SQL, _one_line(str(exc)))
+    return QueryError(ErrorReason.SQL, _one_line(f"{type(exc).__name__}: {exc}"))
+
+
+@dataclass(frozen=True, slots=True)
+class Result:
+    """Rows of one run, with their column names in SELECT order."""
+
+    columns: tuple[str, ...]
+    rows: tuple[tuple[object, ...], ...]
+    duration: float
+
+
+@dataclass(frozen=True, slots=True)
+class ServerInfo:
+    major_version: int
+    extensions: frozenset[str]
+
+
+class Database:
+    """An asyncpg pool that only ever runs statements inside read-only transactions."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        password: str | None,
+        pool_size: int,
+        statement_cache_size: int,
+        connect_timeout: float,
+    ) -> None:
+        self._url = url
+        self._password = password
+        self._pool_size = pool_size
+        self._statement_cache_size = statement_cache_size
+        self._connect_timeout = connect_timeout
+        self._pool: asyncpg.Pool | None = None
+        self._info: ServerInfo | None = None
+        self._info_at = 0.0
+
+    def __repr__(self) -> str:
+        return f"Database(pool_size={self._pool_size})"
+
+    async def __aenter__(self) -> Self:
+        # min_size=0: creating the pool connects nowhere, so we start while the database is down.
+        self._pool = await asyncpg.create_pool(
+            self._url,
+            password=self._password,
+            min_size=0,
+            max_size=self._pool_size,
+            statement_cache_size=self._statement_cache_size,
+            timeout=self._connect_timeout,
+            max_inactive_connection_lifetime=300.0,
+            server_settings={"application_name": APPLICATION_NAME},
+        )
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        pool, self._pool = self._pool, None
+        if pool is None:
+            return
+        try:
+            await asyncio.wait_for(pool.close(), CLOSE_TIMEOUT_SECONDS)
+        except (TimeoutError, Exception):
+            pool.terminate()
+
+    @property
+    def pool(self) -> asyncpg.Pool:
+        if self._pool is None:
+            raise RuntimeError("Database used outside its context")
+        return self._pool
+
+    async def fetch(
+        self, sql: str, args: Sequence[object], timeout: float, *, role: str | None = None
+    ) -> Result:
+        """Run one statement read-only with a server and a client deadline; raise `QueryError`.
+
+        `role` runs it as that role (SET LOCAL ROLE), to see what row level security shows it.
+        """
+        started = time.perf_counter()
+        try:
+            async with asyncio.timeout(timeout + CLIENT_GRACE_SECONDS):
+                async with self.pool.acquire() as conn:
+                    transaction = conn.transaction()
+                    await transaction.start()
+                    try:
+                        millis = max(1, int(timeout * 1000))
+                        await conn.execute(
+                            "SET TRANSACTION READ ONLY;"
+                            f" SET LOCAL statement_timeout = {millis};"
+                            f" SET LOCAL lock_timeout = {millis};"
+                            " SET LOCAL idle_in_transaction_session_timeout = "
+                            f"{millis + int(CLIENT_GRACE_SECONDS * 1000) * 2}"
+                            + (f'; SET LOCAL ROLE "{role}"' if role else "")
+                        )
+                        # fetch() uses unnamed statements when the cache is off, which
+                        # transaction-mode poolers (PgBouncer, Supavisor) route safely.
+                        records = await conn.fetch(sql, *args)
+                    finally:
+                        if not conn.is_closed():
+                            await transaction.rollback()
+        except Exception as exc:
+            raise classify(exc) from exc
+        columns = tuple(records[0].keys()) if records else ()
+        rows = tuple(tuple(r.values()) for r in records)
+        return Result(columns, rows, time.perf_counter() - started)
+
+    async def server_info(self, timeout: float) -> ServerInfo:
+        """Major version and installed extensions, cached for a minute."""
+        now = time.monotonic()
+        if self._info is not None and now - self._info_at < EXTENSIONS_TTL_SECONDS:
+            return self._info
+        result = await self.fetch(
+            "SELECT current_setting('server_version_num')::int / 10000 AS major,"
+            " array_agg(extname::text) AS extensions FROM pg_extension",
+            (),
+            timeout,
+        )
+        major, extensions = result.rows[0]
+        self._info = ServerInfo(int(_as_any(major)), frozenset(_as_any(extensions) or ()))
+        self._info_at = now
+        return self._info
+
+    def forget_server_info(self) -> None:
+        """Drop the cached server facts (after a reconnect the server may be another one)."""
+        self._info = None
+
+
+def _as_any(value: object) -> Any:
+    return value

@@ -1,0 +1,1 @@
+"""The embedded demo: reference CMS schema, seed data, activity simulator, local PostgreSQL."""

@@ -1,0 +1,285 @@
+"""A throwaway PostgreSQL cluster on loopback: initdb, start, stop, as an unprivileged user.
+
+Used by the demo and by the test suite. It prefers the system's PostgreSQL (Debian's
+/usr/lib/postgresql/N/bin, with pg_cron when installed) and falls back to the `pgserver`
+wheel's binaries. PostgreSQL refuses to run as root, so as root it runs as `postgres`
+(or `nobody`) through `setpriv`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import pwd
+import shutil
+import socket
+import subprocess
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+SUPERUSER = "postgres"
+START_TIMEOUT_SECONDS = 60
+
+
+class ClusterError(RuntimeError):
+    """initdb or pg_ctl failed; the message carries the server log's tail."""
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port on loopback that nothing listens on right now."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def find_bindir() -> Path:
+    """The newest PostgreSQL server binaries on this machine."""
+    env = os.environ.get("HOMEPAGE_EXPORTER_PG_BINDIR")
+    candidates = [Path(env)] if env else []
+    root = Path("/usr/lib/postgresql")
+    if root.is_dir():
+        versions = sorted(
+            (p for p in root.iterdir() if p.name.isdigit()), key=lambda p: int(p.name), reverse=True
+        )
+        candidates += [v / "bin" for v in versions]
+    pg_config = shutil.which("pg_config")
+    if pg_config:
+        out = subprocess.run([pg_config, "--bindir"], capture_output=True, text=True, check=False)
+        candidates.append(Path(out.stdout.strip()))
+    with contextlib.suppress(ImportError):
+        import pgserver  # type: ignore[import-not-found,import-untyped,unused-ignore]
+
+        candidates.append(Path(pgserver.__file__).parent / "pginstall" / "bin")
+    for candidate in candidates:
+        if (candidate / "initdb").is_file() and (candidate / "postgres").is_file():
+            return candidate
+    raise ClusterError(
+        "no PostgreSQL server binaries found: install postgresql (apt-get install postgresql-15)"
+        " or the pgserver wheel (pip install pgserver)"
+    )
+
+
+def _unprivileged_user() -> pwd.struct_passwd | None:
+    if os.geteuid() != 0:
+        return None
+    for name in ("postgres", "nobody"):
+        with contextlib.suppress(KeyError):
+            return pwd.getpwnam(name)
+    raise ClusterError("running as root and no 'postgres' or 'nobody' user to run PostgreSQL as")
+
+
+@dataclass
+class Cluster:
+    """One initdb'd data directory and its server process."""
+
+    port: int = field(default_factory=free_port)
+    password: str = "postgres-test-password"  # noqa: S105 - a loopback throwaway cluster
+    preload: tuple[str, ...] = ("pg_cron", "pg_stat_statements")
+    cron_database: str = "cms"
+    settings: dict[str, str] = field(default_factory=dict)
+    base: Path | None = None
+    bindir: Path = field(default_factory=find_bindir)
+
+    def __post_init__(self) -> None:
+        self._owned_base = self.base is None
+        self.base = Path(self.base or tempfile.mkdtemp(prefix="homepage-pg-"))
+        self.datadir = self.base / "data"
+        self.logfile = self.base / "server.log"
+        self._user = _unprivileged_user()
+        libdir = self.bindir.parent / "lib"
+        self.preload = tuple(p for p in self.preload if self._has_library(libdir, p))
+
+    @staticmethod
+    def _has_library(libdir: Path, name: str) -> bool:
+        candidates = [libdir / f"{name}.so", libdir / "postgresql" / f"{name}.so"]
+        return any(c.exists() for c in candidates)
+
+    @property
+    def major_version(self) -> int:
+        out = self._run([str(self.bindir / "postgres"), "--version"], capture=True)
+        return int(out.split()[-1].split(".")[0])
+
+    def url(
+        self,
+        user: str = SUPERUSER,
+        password: str | None = None,
+        database: str = "postgres",
+        host: str = "127.0.0.1",
+    ) -> str:
+        secret = self.password if password is None and user == SUPERUSER else password
+        auth = f"{user}:{secret}" if secret else user
+        shown_host = f"[{host}]" if ":" in host else host
+        return f"postgresql://{auth}@{shown_host}:{self.port}/{database}"
+
+    def _run(self, argv: list[str], *, capture: bool = False, stdin: str | None = None) -> str:
+        preexec = None
+        if self._user is not None:
+            user = self._user
+
+            def preexec() -> None:
+                os.setgid(user.pw_gid)
+                os.setgroups([])
+                os.setuid(user.pw_uid)
+
+        env = {**os.environ, "LC_ALL": "C", "LANG": "C"}
+        # preexec_fn is safe here: the parent is single-threaded when the suite starts clusters.
+        result = subprocess.run(
+            argv,
+            capture_output=True,
+            text=True,
+            check=False,
+            preexec_fn=preexec,
+            env=env,
+            cwd="/",
+            input=stdin,
+        )
+        if result.returncode != 0:
+            tail = ""
+            if self.logfile.exists():
+                tail = "\n".join(self.logfile.read_text(errors="replace").splitlines()[-20:])
+            raise ClusterError(f"{' '.join(argv[:2])} failed: {result.stderr.strip()}\n{tail}")
+        return result.stdout
+
+    def _chown(self, path: Path) -> None:
+        if self._user is not None:
+            os.chown(path, self._user.pw_uid, self._user.pw_gid)
+
+    def init(self) -> Cluster:
+        assert self.base is not None
+        self.base.mkdir(parents=True, exist_ok=True)
+        self.base.chmod(0o755)
+        self._chown(self.base)
+        pwfile = self.base / "pwfile"
+        pwfile.write_text(self.password + "\n")
+        self._chown(pwfile)
+        self._run(
+            [
+                str(self.bindir / "initdb"),
+                "-D",
+                str(self.datadir),
+                "-U",
+                SUPERUSER,
+                f"--pwfile={pwfile}",
+                "--auth-local=trust",
+                "--auth-host=scram-sha-256",
+                "-E",
+                "UTF8",
+                "--no-sync",
+            ]
+        )
+        pwfile.unlink()
+        conf = {
+            "listen_addresses": "'127.0.0.1,::1'" if _has_ipv6() else "'127.0.0.1'",
+            "port": str(self.port),
+            "unix_socket_directories": f"'{self.base}'",
+            "fsync": "off",
+            "synchronous_commit": "off",
+            "full_page_writes": "off",
+            "max_connections": "50",
+            "shared_buffers": "32MB",
+            "log_min_messages": "warning",
+            "track_functions": "'all'",
+            "track_io_timing": "on",
+        }
+        if self.preload:
+            conf["shared_preload_libraries"] = "'" + ",".join(self.preload) + "'"
+        if "pg_cron" in self.preload:
+            conf["cron.database_name"] = f"'{self.cron_database}'"
+            conf["cron.use_background_workers"] = "on"
+            conf["max_worker_processes"] = "16"
+        conf.update(self.settings)
+        with (self.datadir / "postgresql.conf").open("a") as handle:
+            handle.write("\n# homepage-cms-exporter test cluster\n")
+            handle.writelines(f"{k} = {v}\n" for k, v in conf.items())
+        return self
+
+    def start(self) -> Cluster:
+        self._run(
+            [
+                str(self.bindir / "pg_ctl"),
+                "-D",
+                str(self.datadir),
+                "-l",
+                str(self.logfile),
+                "-w",
+                "-t",
+                str(START_TIMEOUT_SECONDS),
+                "start",
+            ]
+        )
+        return self
+
+    def stop(self, mode: str = "fast") -> None:
+        if (self.datadir / "postmaster.pid").exists():
+            self._run(
+                [str(self.bindir / "pg_ctl"), "-D", str(self.datadir), "-m", mode, "-w", "stop"]
+            )
+
+    def psql(self, sql: str, database: str = "postgres", user: str = SUPERUSER) -> str:
+        """Run SQL through psql over the socket, stopping at the first error."""
+        return self._run(
+            [
+                str(self.bindir / "psql"),
+                "-X",
+                "-q",
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-At",
+                "-h",
+                str(self.base),
+                "-p",
+                str(self.port),
+                "-U",
+                user,
+                "-d",
+                database,
+                "-c",
+                sql,
+            ],
+            capture=True,
+        )
+
+    def psql_file(self, path: Path, database: str = "postgres", **variables: str) -> None:
+        """Run a SQL file through psql (so \\gexec and \\if work), with psql variables."""
+        argv = [
+            str(self.bindir / "psql"),
+            "-X",
+            "-q",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-h",
+            str(self.base),
+            "-p",
+            str(self.port),
+            "-U",
+            SUPERUSER,
+            "-d",
+            database,
+        ]
+        for key, value in variables.items():
+            argv += ["-v", f"{key}={value}"]
+        # Through stdin: the unprivileged server user may not be able to read `path`.
+        self._run([*argv, "-f", "-"], stdin=path.read_text())
+
+    def destroy(self) -> None:
+        with contextlib.suppress(ClusterError):
+            self.stop("immediate")
+        if self._owned_base and self.base is not None:
+            shutil.rmtree(self.base, ignore_errors=True)
+
+    def __enter__(self) -> Cluster:
+        return self.init().start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.destroy()
+
+
+def _has_ipv6() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as sock:
+            sock.bind(("::1", 0))
+    except OSError:
+        return False
+    return True

@@ -1,0 +1,136 @@
+"""The HTTP side: /metrics from pre-rendered bytes, a landing page, liveness and readiness."""
+
+from __future__ import annotations
+
+import asyncio
+import html
+from collections.abc import Callable
+from types import TracebackType
+from typing import Self
+
+from aiohttp import web
+
+from exporter import __version__
+from exporter.exposition import OPENMETRICS_CONTENT_TYPE, TEXT_CONTENT_TYPE
+from exporter.settings import ListenAddress
+from exporter.snapshot import Store
+
+SHUTDOWN_TIMEOUT_SECONDS = 2.0
+
+
+def wants_openmetrics(accept: str) -> bool:
+    """True when the client lists OpenMetrics at a q-value at least that of any other type."""
+    best_other, best_om = 0.0, -1.0
+    for part in accept.split(","):
+        media, *params = (p.strip() for p in part.split(";"))
+        q = 1.0
+        for param in params:
+            key, _, value = param.partition("=")
+            if key.strip() == "q":
+                try:
+                    q = float(value)
+                except ValueError:
+                    q = 0.0
+        if media == "application/openmetrics-text":
+            best_om = max(best_om, q)
+        elif media:
+            best_other = max(best_other, q)
+    return best_om > 0 and best_om >= best_other
+
+
+def accepts_gzip(accept_encoding: str) -> bool:
+    for part in accept_encoding.split(","):
+        coding, _, q = part.strip().partition(";")
+        if coding.strip() == "gzip":
+            return q.strip().replace(" ", "") not in ("q=0", "q=0.0", "q=0.00", "q=0.000")
+    return False
+
+
+def _landing(metrics_path: str) -> bytes:
+    return (
+        "<!doctype html><html><head><title>Homepage CMS exporter</title></head><body>"
+        "<h1>Homepage CMS exporter</h1>"
+        f"<p>Version {html.escape(__version__)}</p>"
+        f'<ul><li><a href="{metrics_path}">Metrics</a></li>'
+        '<li><a href="/healthz">Liveness</a></li>'
+        '<li><a href="/readyz">Readiness</a></li></ul>'
+        "</body></html>"
+    ).encode()
+
+
+class HttpServer:
+    """An aiohttp server bound for the life of the context."""
+
+    def __init__(self, store: Store, listen: ListenAddress, *, ready: Callable[[], bool]) -> None:
+        self._store = store
+        self._listen = listen
+        self._ready = ready
+        self._runner: web.AppRunner | None = None
+        self.bound: list[str] = []
+
+    def app(self) -> web.Application:
+        app = web.Application()
+        app.router.add_get("/", self._index)
+        app.router.add_get("/metrics", self._metrics)
+        app.router.add_get("/healthz", self._healthz)
+        app.router.add_get("/readyz", self._readyz)
+        return app
+
+    async def _metrics(self, request: web.Request) -> web.Response:
+        page = self._store.page
+        om = wants_openmetrics(request.headers.get("Accept", ""))
+        gz = accepts_gzip(request.headers.get("Accept-Encoding", ""))
+        headers = {
+            "Content-Type": OPENMETRICS_CONTENT_TYPE if om else TEXT_CONTENT_TYPE,
+            "Vary": "Accept, Accept-Encoding",
+        }
+        if gz:
+            headers["Content-Encoding"] = "gzip"
+        return web.Response(body=page.body(openmetrics=om, gzipped=gz), headers=headers)
+
+    async def _index(self, request: web.Request) -> web.Response:
+        return web.Response(body=_landing("/metrics"), content_type="text/html")
+
+    async def _healthz(self, request: web.Request) -> web.Response:
+        return web.Response(text="ok\n")
+
+    async def _readyz(self, request: web.Request) -> web.Response:
+        if self._ready():
+            return web.Response(text="ready\n")
+        return web.Response(text="database unreachable\n", status=503)
+
+    async def __aenter__(self) -> Self:
+        runner = web.AppRunner(
+            self.app(),
+            access_log=None,
+            handle_signals=False,
+            shutdown_timeout=SHUTDOWN_TIMEOUT_SECONDS,
+        )
+        await runner.setup()
+        try:
+            host = self._listen.host or None
+            site = web.TCPSite(runner, host, self._listen.port, reuse_address=True)
+            await site.start()
+        except BaseException:
+            await runner.cleanup()
+            raise
+        self._runner = runner
+        server = site._server
+        sockets = server.sockets if isinstance(server, asyncio.Server) else ()
+        self.bound = [_format_address(s.getsockname()) for s in sockets]
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        runner, self._runner = self._runner, None
+        if runner is not None:
+            await runner.cleanup()
+
+
+def _format_address(name: tuple[str, int] | tuple[str, int, int, int]) -> str:
+    host, port = name[0], name[1]
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"

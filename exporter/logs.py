@@ -1,0 +1,102 @@
+"""Structured logs: an event name plus key=value fields, as logfmt or JSON, secrets redacted."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+from collections.abc import Iterable
+from typing import Any
+
+from exporter.settings import LogFormat, LogLevel
+
+_ROOT = "homepage_exporter"
+_REDACTED = "[REDACTED]"
+_secrets: tuple[str, ...] = ()
+
+
+def redact(text: str) -> str:
+    """`text` with every registered secret replaced."""
+    for secret in _secrets:
+        text = text.replace(secret, _REDACTED)
+    return text
+
+
+def _logfmt_value(value: object) -> str:
+    text = str(value)
+    if text and not any(c in text for c in ' ="\\\n\t') and text.isprintable():
+        return text
+    escaped = text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+    return f'"{escaped}"'
+
+
+class _Formatter(logging.Formatter):
+    def __init__(self, fmt: LogFormat) -> None:
+        super().__init__()
+        self._json = fmt is LogFormat.JSON
+
+    def format(self, record: logging.LogRecord) -> str:
+        fields: dict[str, Any] = {
+            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+            + f".{int(record.msecs):03d}Z",
+            "level": record.levelname.lower(),
+            "event": record.getMessage(),
+        }
+        fields.update(getattr(record, "fields", {}))
+        if record.exc_info and record.levelno >= logging.ERROR:
+            fields["error"] = self.formatException(record.exc_info)
+        clean = {
+            k: redact(str(v)) if not isinstance(v, int | float | bool) else v
+            for k, v in fields.items()
+        }
+        if self._json:
+            return json.dumps(clean, ensure_ascii=False, default=str)
+        return " ".join(f"{k}={_logfmt_value(v)}" for k, v in clean.items())
+
+
+class Logger:
+    """A logger bound to fixed fields (query, target); events are names, details are fields."""
+
+    __slots__ = ("_bound", "_logger")
+
+    def __init__(self, logger: logging.Logger, bound: dict[str, object]) -> None:
+        self._logger = logger
+        self._bound = bound
+
+    def bind(self, **fields: object) -> Logger:
+        return Logger(self._logger, {**self._bound, **fields})
+
+    def _log(self, level: int, event: str, fields: dict[str, object]) -> None:
+        if self._logger.isEnabledFor(level):
+            self._logger.log(level, event, extra={"fields": {**self._bound, **fields}})
+
+    def debug(self, event: str, **fields: object) -> None:
+        self._log(logging.DEBUG, event, fields)
+
+    def info(self, event: str, **fields: object) -> None:
+        self._log(logging.INFO, event, fields)
+
+    def warning(self, event: str, **fields: object) -> None:
+        self._log(logging.WARNING, event, fields)
+
+    def error(self, event: str, **fields: object) -> None:
+        self._log(logging.ERROR, event, fields)
+
+
+def get_logger(**fields: object) -> Logger:
+    return Logger(logging.getLogger(_ROOT), dict(fields))
+
+
+def configure(level: LogLevel, fmt: LogFormat, secrets: Iterable[str] = ()) -> None:
+    """Send structured lines to stderr; quiet the libraries we use."""
+    global _secrets
+    _secrets = tuple(s for s in secrets if s)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_Formatter(fmt))
+    root = logging.getLogger(_ROOT)
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    root.propagate = False
+    for noisy in ("aiohttp", "asyncio", "asyncpg"):
+        logging.getLogger(noisy).setLevel(logging.ERROR)

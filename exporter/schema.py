@@ -1,0 +1,94 @@
+"""The queries.yaml schema (version 1): pydantic models that check the raw file field by field."""
+
+from enum import StrEnum
+from typing import Annotated, Literal
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictInt,
+    StrictStr,
+)
+
+from exporter.durations import parse_duration
+
+SCHEMA_VERSION = 1
+
+METRIC_NAME = r"^[a-zA-Z_][a-zA-Z0-9_]*$"
+LABEL_NAME = r"^[a-zA-Z_][a-zA-Z0-9_]*$"
+QUERY_NAME = r"^[a-z][a-z0-9_]*$"
+
+
+class MetricType(StrEnum):
+    """How Prometheus should read a metric's value."""
+
+    GAUGE = "gauge"
+    COUNTER = "counter"
+
+
+class Param(StrEnum):
+    """Settings a query may receive as positional SQL parameters ($1, $2, ... in list order)."""
+
+    LOCALES = "locales"
+    MEDIA_STORAGE_QUOTA_BYTES = "media_storage_quota_bytes"
+
+
+def _duration(value: object) -> float:
+    if not isinstance(value, str):
+        raise ValueError(f'expected a duration string like "30s", got {value!r}')
+    return parse_duration(value)
+
+
+def _no_dunder(name: str) -> str:
+    if name.startswith("__"):
+        raise ValueError(f"label names starting with __ are reserved by Prometheus, got {name!r}")
+    return name
+
+
+Duration = Annotated[float, BeforeValidator(_duration)]
+LabelName = Annotated[StrictStr, Field(pattern=LABEL_NAME), AfterValidator(_no_dunder)]
+NonEmpty = Annotated[StrictStr, Field(min_length=1)]
+
+
+class _Strict(BaseModel):
+    # Scalars are strict (no "yes" -> True, no 5 -> "5"); lists still become tuples.
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class MetricSpec(_Strict):
+    """One metric family that a query's rows feed."""
+
+    name: Annotated[StrictStr, Field(pattern=METRIC_NAME)]
+    type: MetricType = MetricType.GAUGE
+    help: NonEmpty
+    value: NonEmpty
+    labels: tuple[LabelName, ...] = ()
+
+
+class QuerySpec(_Strict):
+    """One SQL statement, how often it runs and the metrics it yields."""
+
+    name: Annotated[StrictStr, Field(pattern=QUERY_NAME)]
+    help: NonEmpty
+    sql: NonEmpty
+    interval: Duration
+    timeout: Duration
+    stale_after: Duration | None = None
+    min_server_version: Annotated[StrictInt, Field(ge=9, le=99)] | None = None
+    requires: tuple[Annotated[StrictStr, Field(pattern=r"^[a-z_][a-z0-9_]*$")], ...] = ()
+    params: tuple[Param, ...] = ()
+    role: Annotated[StrictStr, Field(pattern=r"^[a-z_][a-z0-9_]*$")] | None = None
+    enabled: StrictBool = True
+    max_series: Annotated[StrictInt, Field(ge=1)] | None = None
+    metrics: Annotated[tuple[MetricSpec, ...], Field(min_length=1)]
+
+
+class QueriesFile(_Strict):
+    """The whole file."""
+
+    version: Literal[1]
+    queries: tuple[QuerySpec, ...]

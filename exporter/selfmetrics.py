@@ -1,0 +1,90 @@
+"""The exporter's own metric families, built fresh from the snapshots at every render."""
+
+from __future__ import annotations
+
+import collections
+from collections.abc import Iterable, Iterator, Mapping
+from typing import TYPE_CHECKING
+
+from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
+
+from exporter import __version__
+from exporter.db import ErrorReason
+
+if TYPE_CHECKING:
+    from exporter.snapshot import Snapshot
+
+PREFIX = "homepage_exporter_"
+
+
+def families(
+    snapshots: Iterable[Snapshot],
+    errors: Mapping[str, collections.Counter[ErrorReason]],
+    *,
+    database_up: bool,
+    reload_successful: bool,
+    reload_timestamp: float,
+) -> Iterator[Metric]:
+    snaps = list(snapshots)
+    yield GaugeMetricFamily(
+        PREFIX + "database_up",
+        "1 if the last connection attempt to the database succeeded, else 0.",
+        value=1.0 if database_up else 0.0,
+    )
+    info = GaugeMetricFamily(
+        PREFIX + "build_info", "Exporter build information; always 1.", labels=["version"]
+    )
+    info.add_metric([__version__], 1.0)
+    yield info
+    yield GaugeMetricFamily(
+        PREFIX + "config_last_reload_successful",
+        "1 if the last load of the queries file succeeded, else 0.",
+        value=1.0 if reload_successful else 0.0,
+    )
+    yield GaugeMetricFamily(
+        PREFIX + "config_last_reload_success_timestamp_seconds",
+        "Unix time of the last successful load of the queries file.",
+        value=reload_timestamp,
+    )
+
+    def per_query(name: str, help_text: str) -> GaugeMetricFamily:
+        return GaugeMetricFamily(PREFIX + name, help_text, labels=["query"])
+
+    up = per_query("query_up", "1 if the query's last run succeeded, 0 if it failed.")
+    duration = per_query("query_duration_seconds", "Wall time of the query's last run.")
+    success = per_query(
+        "query_last_success_timestamp_seconds", "Unix time of the query's last successful run."
+    )
+    interval = per_query("query_interval_seconds", "How often the query is scheduled to run.")
+    stale = per_query(
+        "query_stale_after_seconds", "How long a failing query's last values are kept."
+    )
+    series = per_query("query_series", "Series the query currently exports.")
+    skipped = GaugeMetricFamily(
+        PREFIX + "query_skipped",
+        "1 for a query not run because the server lacks what it requires.",
+        labels=["query", "requirement"],
+    )
+    error_total = CounterMetricFamily(
+        PREFIX + "query_errors",
+        "Failed runs of the query, by reason.",
+        labels=["query", "reason"],
+    )
+    for snap in snaps:
+        name = snap.query.name
+        interval.add_metric([name], snap.query.interval)
+        stale.add_metric([name], snap.query.stale_after)
+        if snap.skipped is not None:
+            skipped.add_metric([name, snap.skipped], 1.0)
+            continue
+        series.add_metric([name], float(snap.series))
+        if snap.up is not None:
+            up.add_metric([name], 1.0 if snap.up else 0.0)
+        if snap.duration is not None:
+            duration.add_metric([name], snap.duration)
+        if snap.last_success is not None:
+            success.add_metric([name], snap.last_success)
+        counts = errors.get(name, collections.Counter())
+        for reason in ErrorReason:
+            error_total.add_metric([name, reason.value], float(counts[reason]))
+    yield from (up, duration, success, interval, stale, series, skipped, error_total)

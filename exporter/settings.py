@@ -1,0 +1,188 @@
+"""Process settings from flags, environment (HOMEPAGE_EXPORTER_*) and .env, validated once."""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Mapping
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Any
+from urllib.parse import urlsplit
+
+from pydantic import (
+    AliasChoices,
+    BeforeValidator,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+)
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from exporter.durations import parse_duration
+from exporter.errors import ConfigError
+
+ENV_PREFIX = "HOMEPAGE_EXPORTER_"
+# 9100-9999 is fully allocated on the Prometheus wiki; 10187 clashes with no well-known exporter.
+DEFAULT_PORT = 10187
+SHIPPED_QUERIES = Path(__file__).with_name("queries.yaml")
+
+
+class LogFormat(StrEnum):
+    LOGFMT = "logfmt"
+    JSON = "json"
+
+
+class LogLevel(StrEnum):
+    DEBUG = "debug"
+    INFO = "info"
+    WARNING = "warning"
+    ERROR = "error"
+
+
+def _duration(value: object) -> object:
+    return parse_duration(value) if isinstance(value, str) else value
+
+
+def _lower(value: object) -> object:
+    return value.lower() if isinstance(value, str) else value
+
+
+def _split_list(value: object) -> object:
+    if isinstance(value, str):
+        return tuple(part.strip() for part in value.split(",") if part.strip())
+    return value
+
+
+class ListenAddress:
+    """`host:port`, `[v6]:port` or `:port` (every interface)."""
+
+    __slots__ = ("host", "port")
+
+    def __init__(self, host: str, port: int) -> None:
+        self.host = host
+        self.port = port
+
+    @classmethod
+    def parse(cls, text: str) -> ListenAddress:
+        host, sep, port_text = text.rpartition(":")
+        if not sep or not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
+            raise ValueError(
+                f'expected "host:port" such as "127.0.0.1:{DEFAULT_PORT}", got {text!r}'
+            )
+        if host.startswith("[") and host.endswith("]"):
+            host = host[1:-1]
+            ipaddress.IPv6Address(host)
+        elif ":" in host:
+            raise ValueError(f'an IPv6 host needs brackets, like "[::1]:{DEFAULT_PORT}"')
+        return cls(host, int(port_text))
+
+    def __str__(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{host}:{self.port}"
+
+
+class Settings(BaseSettings):
+    """Everything the process needs besides the queries file."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_file=".env",
+        extra="ignore",
+        frozen=True,
+        populate_by_name=True,
+        hide_input_in_errors=True,
+    )
+
+    database_url: SecretStr = Field(
+        default=SecretStr("postgresql://localhost:5432/postgres"),
+        validation_alias=AliasChoices(f"{ENV_PREFIX}DATABASE_URL", "DATABASE_URL", "database_url"),
+    )
+    database_password_file: Path | None = None
+    listen_address: str = f":{DEFAULT_PORT}"
+    queries_file: Path = SHIPPED_QUERIES
+    log_level: Annotated[LogLevel, BeforeValidator(_lower)] = LogLevel.INFO
+    log_format: Annotated[LogFormat, BeforeValidator(_lower)] = LogFormat.LOGFMT
+    pool_size: int = Field(default=2, ge=1, le=50)
+    statement_cache_size: int = Field(default=0, ge=0, le=10_000)
+    connect_timeout: Annotated[float, BeforeValidator(_duration)] = Field(default=5.0, gt=0)
+    ping_interval: Annotated[float, BeforeValidator(_duration)] = Field(default=10.0, gt=0)
+    max_series_per_query: int = Field(default=10_000, ge=1)
+    locales: Annotated[tuple[str, ...], BeforeValidator(_split_list)] = ("en",)
+    media_storage_quota_bytes: int | None = Field(default=None, gt=0)
+
+    @field_validator("database_url")
+    @classmethod
+    def _postgres_url(cls, value: SecretStr) -> SecretStr:
+        parts = urlsplit(value.get_secret_value())
+        if parts.scheme not in ("postgres", "postgresql"):
+            raise ValueError('expected a URL like "postgresql://user@host:5432/dbname"')
+        return value
+
+    @field_validator("listen_address")
+    @classmethod
+    def _listen(cls, value: str) -> str:
+        ListenAddress.parse(value)
+        return value
+
+    @field_validator("locales")
+    @classmethod
+    def _locales(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        if not value:
+            raise ValueError("expected at least one locale, such as en")
+        return value
+
+    @property
+    def listen(self) -> ListenAddress:
+        return ListenAddress.parse(self.listen_address)
+
+    def database_password(self) -> str | None:
+        """The password from DATABASE_PASSWORD_FILE, if set (trailing newline dropped)."""
+        if self.database_password_file is None:
+            return None
+        try:
+            return self.database_password_file.read_text(encoding="utf-8").rstrip("\r\n")
+        except (OSError, UnicodeDecodeError) as exc:
+            reason = getattr(exc, "strerror", None) or type(exc).__name__
+            raise ConfigError(
+                f"{ENV_PREFIX}DATABASE_PASSWORD_FILE: cannot read {self.database_password_file}: "
+                f"{reason}"
+            ) from None
+
+    def secrets(self) -> tuple[str, ...]:
+        """Every secret value, so logs and errors can redact them."""
+        found: list[str] = []
+        password = urlsplit(self.database_url.get_secret_value()).password
+        if password:
+            found.append(password)
+        if self.database_password_file is not None:
+            try:
+                file_password = self.database_password()
+            except ConfigError:
+                file_password = None
+            if file_password:
+                found.append(file_password)
+        return tuple(found)
+
+
+def _flag_name(field: str) -> str:
+    return "--" + field.replace("_", "-")
+
+
+def load_settings(
+    overrides: Mapping[str, Any] | None = None, env_file: Path | None = None
+) -> Settings:
+    """Settings from env and `.env`, with flag `overrides` on top; `ConfigError` names the key."""
+    given = {k: v for k, v in (overrides or {}).items() if v is not None}
+    try:
+        if env_file is not None:
+            if not env_file.is_file():
+                raise ConfigError(f"{env_file}: no such env file")
+            return Settings(_env_file=env_file, **given)  # type: ignore[call-arg]
+        return Settings(**given)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        field = str(first["loc"][0]) if first["loc"] else "?"
+        source = f"flag {_flag_name(field)}" if field in given else f"{ENV_PREFIX}{field.upper()}"
+        message = str(first["msg"]).removeprefix("Value error, ")
+        raise ConfigError(f"setting {source}: {message}") from None
