@@ -1,0 +1,161 @@
+"""The command line as a user meets it: exit codes, one-line errors, no tracebacks."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from exporter import __version__
+from exporter.demo.cluster import Cluster
+from tests.conftest import exporter_dsn
+from tests.harness import write_queries
+
+ONE = """\
+  - name: one
+    help: One.
+    sql: SELECT 1 AS v
+    interval: 30s
+    timeout: 5s
+    metrics:
+      - {name: test_one, help: One., value: v}
+"""
+
+
+def cli(
+    *args: str, env: dict[str, str] | None = None, cwd: Path | None = None
+) -> subprocess.CompletedProcess[str]:
+    clean = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith("HOMEPAGE_EXPORTER_") and k != "DATABASE_URL"
+    }
+    return subprocess.run(
+        [sys.executable, "-m", "exporter", *args],
+        env={**clean, **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        cwd=cwd,
+    )
+
+
+def test_version() -> None:
+    result = cli("--version")
+    assert result.returncode == 0
+    assert result.stdout.strip() == f"homepage-cms-exporter {__version__}"
+
+
+def test_check_accepts_the_shipped_queries() -> None:
+    result = cli("check")
+    assert result.returncode == 0, result.stderr
+    assert "queries.yaml: ok" in result.stdout
+
+
+def test_check_rejects_a_bad_file_with_exit_2_and_one_line(tmp_path: Path) -> None:
+    bad = write_queries(tmp_path / "q.yaml", ONE.replace("30s", "thirty"))
+    result = cli("check", "--queries-file", str(bad))
+    assert result.returncode == 2
+    assert result.stderr.count("\n") == 1
+    assert "q.yaml:6: queries.one.interval: expected a duration" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("env", "expected"),
+    [
+        ({"HOMEPAGE_EXPORTER_POOL_SIZE": "lots"}, "setting HOMEPAGE_EXPORTER_POOL_SIZE:"),
+        ({"HOMEPAGE_EXPORTER_POOL_SIZE": "0"}, "setting HOMEPAGE_EXPORTER_POOL_SIZE:"),
+        ({"HOMEPAGE_EXPORTER_LISTEN_ADDRESS": "localhost"}, 'expected "host:port"'),
+        ({"HOMEPAGE_EXPORTER_LOG_FORMAT": "xml"}, "HOMEPAGE_EXPORTER_LOG_FORMAT"),
+        ({"HOMEPAGE_EXPORTER_DATABASE_URL": "mysql://x"}, "HOMEPAGE_EXPORTER_DATABASE_URL"),
+        ({"HOMEPAGE_EXPORTER_DATABASE_PASSWORD_FILE": "/nonexistent/pw"}, "cannot read"),
+    ],
+    ids=["not-int", "zero-pool", "listen", "log-format", "url-scheme", "password-file"],
+)
+def test_bad_settings_exit_2_naming_the_variable(env: dict[str, str], expected: str) -> None:
+    result = cli("check", env=env)
+    assert result.returncode == 2
+    assert expected in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_flags_override_environment(tmp_path: Path) -> None:
+    good = write_queries(tmp_path / "good.yaml", ONE)
+    result = cli(
+        "check",
+        "--pool-size",
+        "3",
+        env={"HOMEPAGE_EXPORTER_POOL_SIZE": "lots", "HOMEPAGE_EXPORTER_QUERIES_FILE": str(good)},
+    )
+    assert result.returncode == 0, result.stderr
+
+
+def test_env_file_and_plain_database_url_are_read(tmp_path: Path) -> None:
+    (tmp_path / ".env").write_text("HOMEPAGE_EXPORTER_POOL_SIZE=nope\n")
+    result = cli("check", cwd=tmp_path)
+    assert result.returncode == 2
+    assert "HOMEPAGE_EXPORTER_POOL_SIZE" in result.stderr
+    result = cli("check", env={"DATABASE_URL": "ftp://nope"})
+    assert result.returncode == 2
+    assert "DATABASE_URL" in result.stderr
+
+
+def test_a_url_password_never_reaches_the_error(tmp_path: Path) -> None:
+    bad = write_queries(tmp_path / "q.yaml", ONE.replace("30s", "x"))
+    url = "postgresql://u:Sup3rSecretPw@127.0.0.1:1/db"
+    result = cli("check", "--queries-file", str(bad), env={"DATABASE_URL": url})
+    assert "Sup3rSecretPw" not in result.stderr + result.stdout
+
+
+def test_once_prints_the_exposition(pg: Cluster, tmp_path: Path) -> None:
+    queries = write_queries(tmp_path / "q.yaml", ONE)
+    result = cli(
+        "once",
+        env={"DATABASE_URL": exporter_dsn(pg), "HOMEPAGE_EXPORTER_QUERIES_FILE": str(queries)},
+    )
+    assert result.returncode == 0, result.stderr
+    assert "test_one 1.0" in result.stdout
+    assert 'homepage_exporter_query_up{query="one"} 1.0' in result.stdout
+
+
+def test_once_exits_1_when_a_query_fails(pg: Cluster, tmp_path: Path) -> None:
+    queries = write_queries(
+        tmp_path / "q.yaml",
+        ONE
+        + ONE.replace("name: one", "name: two")
+        .replace("SELECT 1 AS v", "SELECT nope AS v")
+        .replace("test_one", "test_two"),
+    )
+    result = cli(
+        "once",
+        env={"DATABASE_URL": exporter_dsn(pg), "HOMEPAGE_EXPORTER_QUERIES_FILE": str(queries)},
+    )
+    assert result.returncode == 1
+    assert "test_one 1.0" in result.stdout
+    assert 'column \\"nope\\" does not exist' in result.stderr or "nope" in result.stderr
+
+
+def test_check_connect_reports_each_query(pg: Cluster, tmp_path: Path) -> None:
+    queries = write_queries(
+        tmp_path / "q.yaml",
+        ONE
+        + ONE.replace("name: one", "name: writes")
+        .replace("SELECT 1 AS v", "CREATE TABLE x AS SELECT 1 AS v")
+        .replace("test_one", "test_writes"),
+    )
+    result = cli(
+        "check",
+        "--connect",
+        env={"DATABASE_URL": exporter_dsn(pg), "HOMEPAGE_EXPORTER_QUERIES_FILE": str(queries)},
+    )
+    assert result.returncode == 1
+    lines = result.stdout.splitlines()
+    assert any(line.startswith("ok    one") and "rows=1" in line for line in lines)
+    writes = next(line for line in lines if line.startswith("FAIL  writes"))
+    assert "sql: refused by the read-only transaction" in writes
+    assert lines[-1] == "1 ok, 1 failed"

@@ -1,0 +1,108 @@
+"""Encoding: fragments, pages, gzip, content negotiation; checked by real parsers."""
+
+from __future__ import annotations
+
+import gzip
+import math
+import shutil
+import subprocess
+
+import pytest
+from prometheus_client.openmetrics.parser import (
+    text_string_to_metric_families as parse_openmetrics,
+)
+from prometheus_client.parser import text_string_to_metric_families as parse_text
+
+from exporter.config import Metric
+from exporter.exposition import Fragment, Page, to_client_families
+from exporter.http import accepts_gzip, wants_openmetrics
+from exporter.mapping import Family, Sample
+from exporter.schema import MetricType
+
+HOSTILE = 'quote " backslash \\ newline \n zürich ✓'
+
+
+def page() -> Page:
+    gauge = Metric("homepage_g", MetricType.GAUGE, "A gauge.", "v", ("label",))
+    counter = Metric("homepage_c_total", MetricType.COUNTER, "A counter.", "n", ())
+    families = [
+        Family(
+            gauge, (Sample((HOSTILE,), 1.5), Sample(("nan",), math.nan), Sample(("inf",), math.inf))
+        ),
+        Family(counter, (Sample((), 7.0),)),
+    ]
+    fragment = Fragment.encode(to_client_families(families, 30))
+    return Page.assemble([fragment, Fragment.encode(())])
+
+
+def test_text_round_trips_hostile_labels_and_special_values() -> None:
+    samples = {
+        s.labels.get("label", ""): s.value
+        for f in parse_text(page().text.decode())
+        for s in f.samples
+        if s.name == "homepage_g"
+    }
+    assert samples[HOSTILE] == 1.5
+    assert math.isnan(samples["nan"])
+    assert samples["inf"] == math.inf
+
+
+def test_openmetrics_round_trips_and_ends_once_with_eof() -> None:
+    body = page().openmetrics.decode()
+    assert body.count("# EOF") == 1
+    assert body.endswith("# EOF\n")
+    families = {f.name: f for f in parse_openmetrics(body)}
+    assert families["homepage_c"].type == "counter"
+    assert families["homepage_c"].samples[0].value == 7.0
+
+
+def test_help_mentions_the_refresh_interval() -> None:
+    assert b"# HELP homepage_g A gauge. (refreshed every 30s)" in page().text
+
+
+def test_gzip_is_made_once_and_cached() -> None:
+    p = page()
+    first = p.body(openmetrics=False, gzipped=True)
+    assert gzip.decompress(first) == p.text
+    assert p.body(openmetrics=False, gzipped=True) is first
+
+
+@pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool not installed")
+def test_promtool_accepts_the_page() -> None:
+    result = subprocess.run(
+        ["promtool", "check", "metrics"], input=page().text, capture_output=True, check=False
+    )
+    # promtool lints too (exit 3 for lint only); a parse error is exit 1.
+    assert result.returncode in (0, 3), result.stderr
+
+
+@pytest.mark.parametrize(
+    ("accept", "expected"),
+    [
+        ("", False),
+        ("text/plain", False),
+        ("application/openmetrics-text; version=1.0.0", True),
+        (
+            "application/openmetrics-text;version=1.0.0;q=0.5,text/plain;version=0.0.4;q=0.4,*/*;q=0.1",
+            True,
+        ),
+        ("application/openmetrics-text;q=0.2,text/plain;q=0.9", False),
+        ("application/openmetrics-text;q=0", False),
+    ],
+)
+def test_openmetrics_negotiation(accept: str, expected: bool) -> None:
+    assert wants_openmetrics(accept) is expected
+
+
+@pytest.mark.parametrize(
+    ("header", "expected"),
+    [
+        ("gzip", True),
+        ("deflate, gzip;q=1.0", True),
+        ("gzip;q=0", False),
+        ("br", False),
+        ("", False),
+    ],
+)
+def test_gzip_negotiation(header: str, expected: bool) -> None:
+    assert accepts_gzip(header) is expected
