@@ -70,7 +70,8 @@ def test_the_shipped_queries_file_is_valid() -> None:
         ),
         (
             GOOD_QUERY.replace("labels: [locale]", "labels: [locale, locale]"),
-            ":12: queries.lag.metrics.homepage_lag_seconds.labels[1]: label 'locale' is listed twice",
+            ":12: queries.lag.metrics.homepage_lag_seconds.labels[1]:"
+            " label 'locale' is listed twice",
         ),
         (
             GOOD_QUERY.replace("labels: [locale]", "labels: [instance]"),

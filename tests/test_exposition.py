@@ -51,7 +51,7 @@ def test_openmetrics_round_trips_and_ends_once_with_eof() -> None:
     body = page().openmetrics.decode()
     assert body.count("# EOF") == 1
     assert body.endswith("# EOF\n")
-    families = {f.name: f for f in parse_openmetrics(body)}
+    families = {f.name: f for f in parse_openmetrics(body)}  # type: ignore[no-untyped-call]
     assert families["homepage_c"].type == "counter"
     assert families["homepage_c"].samples[0].value == 7.0
 
