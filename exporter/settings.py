@@ -17,7 +17,7 @@ from pydantic import (
     ValidationError,
     field_validator,
 )
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict, SettingsError
 
 from exporter.durations import parse_duration
 from exporter.errors import ConfigError
@@ -108,7 +108,7 @@ class Settings(BaseSettings):
     connect_timeout: Annotated[float, BeforeValidator(_duration)] = Field(default=5.0, gt=0)
     ping_interval: Annotated[float, BeforeValidator(_duration)] = Field(default=10.0, gt=0)
     max_series_per_query: int = Field(default=10_000, ge=1)
-    locales: Annotated[tuple[str, ...], BeforeValidator(_split_list)] = ("en",)
+    locales: Annotated[tuple[str, ...], NoDecode, BeforeValidator(_split_list)] = ("en",)
     media_storage_quota_bytes: int | None = Field(default=None, gt=0)
 
     @field_validator("database_url")
@@ -186,3 +186,8 @@ def load_settings(
         source = f"flag {_flag_name(field)}" if field in given else f"{ENV_PREFIX}{field.upper()}"
         message = str(first["msg"]).removeprefix("Value error, ")
         raise ConfigError(f"setting {source}: {message}") from None
+    except SettingsError as exc:
+        # pydantic-settings words these as: error parsing value for field "X" from source "Y"
+        text = str(exc)
+        field = text.split('field "', 1)[-1].split('"', 1)[0] if 'field "' in text else "?"
+        raise ConfigError(f"setting {ENV_PREFIX}{field.upper()}: cannot parse the value") from None

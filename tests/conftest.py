@@ -51,3 +51,20 @@ def start_exporter() -> Iterator[Callable[..., Exporter]]:
 @pytest.fixture
 def queries_file(tmp_path: Path) -> Path:
     return tmp_path / "queries.yaml"
+
+
+@pytest.fixture(scope="session")
+def template(pg: Cluster) -> str:
+    """The reference schema, the exporter role and its policies, ready to clone per test."""
+    from tests.queries_harness import TEMPLATE
+
+    create_cms_database(pg, TEMPLATE, exporter_password=EXPORTER_PASSWORD, extensions=False)
+    return TEMPLATE
+
+
+@pytest.fixture
+def db(pg: Cluster, template: str) -> str:
+    """A fresh, empty CMS database for one test."""
+    from tests.queries_harness import fresh_database
+
+    return fresh_database(pg)

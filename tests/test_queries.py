@@ -1,0 +1,597 @@
+"""Every shipped query, proven by its answers on known database states, as the exporter role."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from pathlib import Path
+
+import asyncpg
+import pytest
+
+from exporter.config import load_config
+from exporter.demo.cluster import Cluster
+from exporter.settings import SHIPPED_QUERIES
+from tests.conftest import BARE, CMS
+from tests.harness import wait_for
+from tests.queries_harness import run_named, values
+
+SECTIONS = """
+INSERT INTO homepage_sections (section_key, locale, status, is_active, display_order) VALUES
+  ('hero', 'en', 'published', true, 1), ('grid', 'en', 'published', true, 2),
+  ('promo', 'en', 'published', true, 3), ('draft-one', 'en', 'draft', true, 4),
+  ('hero', 'de', 'published', false, 1), ('grid', 'de', 'published', false, 2),
+  ('hero', 'it', 'published', true, 1);
+"""
+
+
+def approx(value: float | None, expected: float, within: float) -> bool:
+    return value is not None and abs(value - expected) <= within
+
+
+# --- scheduled publishes ------------------------------------------------------------------------
+
+
+def test_publish_lag_is_the_age_of_the_oldest_due_schedule(pg: Cluster, db: str) -> None:
+    pg.psql(
+        SECTIONS
+        + """
+    INSERT INTO section_schedules (section_id, version_id, publish_at, status)
+    SELECT id, gen_random_uuid(), now() - a.age, a.status
+    FROM homepage_sections, (VALUES (interval '20 minutes', 'pending'),
+                                    (interval '7 minutes', 'pending'),
+                                    (interval '2 minutes', 'pending'),
+                                    (interval '-10 minutes', 'pending'),
+                                    (interval '3 hours', 'completed'),
+                                    (interval '1 day', 'failed')) AS a(age, status)
+    WHERE section_key = 'hero' AND locale = 'en';
+    """,
+        database=db,
+    )
+    v = values(pg, db, "scheduled_publishes")
+    assert approx(v("homepage_scheduled_publish_lag_seconds"), 1200, 5)
+    assert approx(v("homepage_scheduled_publish_lag_minutes"), 20, 5 / 60)
+    assert v("homepage_scheduled_publishes_overdue") == 2
+    assert v("homepage_scheduled_publishes_due") == 3
+    assert v("homepage_scheduled_publishes_pending") == 4
+
+
+def test_publish_lag_is_zero_not_absent_when_nothing_is_due(pg: Cluster, db: str) -> None:
+    pg.psql(
+        SECTIONS
+        + """
+    INSERT INTO section_schedules (section_id, version_id, publish_at)
+    SELECT id, gen_random_uuid(), now() + interval '1 hour' FROM homepage_sections LIMIT 1;
+    """,
+        database=db,
+    )
+    v = values(pg, db, "scheduled_publishes")
+    assert v("homepage_scheduled_publish_lag_seconds") == 0
+    assert v("homepage_scheduled_publishes_overdue") == 0
+    assert v("homepage_scheduled_publishes_pending") == 1
+
+
+def test_publish_failures_count_what_process_scheduled_publishes_records(
+    pg: Cluster, db: str
+) -> None:
+    pg.psql(
+        SECTIONS
+        + """
+    INSERT INTO section_schedules (section_id, version_id, publish_at, status, updated_at)
+    SELECT id, gen_random_uuid(), now() - interval '3 hours', 'failed', now() - interval '2 hours'
+    FROM homepage_sections WHERE locale = 'en' AND section_key = 'hero';
+    -- Due schedules: one valid, two pointing at versions of no section (they must fail).
+    INSERT INTO section_versions (section_id, version_number, content)
+    SELECT id, 1, '{}' FROM homepage_sections WHERE locale = 'en' AND section_key = 'grid';
+    INSERT INTO section_schedules (section_id, version_id, publish_at)
+    SELECT hs.id, sv.id, now() - interval '1 minute'
+    FROM homepage_sections hs JOIN section_versions sv ON sv.section_id = hs.id;
+    INSERT INTO section_schedules (section_id, version_id, publish_at)
+    SELECT id, gen_random_uuid(), now() - interval '1 minute'
+    FROM homepage_sections WHERE locale = 'en' AND section_key IN ('hero', 'promo');
+    SELECT count(*) FROM process_scheduled_publishes();
+    """,
+        database=db,
+    )
+    v = values(pg, db, "publish_failures")
+    assert v("homepage_publish_failures_total") == 3
+    assert v("homepage_publish_failures_last_hour") == 2
+    statuses = values(pg, db, "schedule_statuses")
+    assert statuses("homepage_section_schedules", status="completed") == 1
+    assert statuses("homepage_section_schedules", status="failed") == 3
+    assert statuses("homepage_section_schedules", status="pending") == 0
+    assert statuses("homepage_section_schedules", status="cancelled") == 0
+
+
+# --- sections and the P1 triage -------------------------------------------------------------------
+
+
+def test_sections_per_locale_with_a_kill_switched_and_an_empty_locale(pg: Cluster, db: str) -> None:
+    pg.psql(SECTIONS, database=db)
+    v = values(pg, db, "sections", locales="en,de,fr")
+    assert v("homepage_sections_live", locale="en") == 3
+    assert v("homepage_sections", locale="en") == 4
+    # The kill switch: sections exist, none is live.
+    assert v("homepage_sections_live", locale="de") == 0
+    assert v("homepage_sections_inactive", locale="de") == 2
+    # A configured locale with no rows reads 0 rather than vanishing.
+    assert v("homepage_sections_live", locale="fr") == 0
+    # A locale in the data but not configured is still reported.
+    assert v("homepage_sections_live", locale="it") == 1
+
+
+def test_anon_sees_published_active_sections_only(pg: Cluster, db: str) -> None:
+    pg.psql(SECTIONS, database=db)
+    v = values(pg, db, "anon_visibility", locales="en,de")
+    assert v("homepage_sections_visible_to_anon", locale="en") == 3
+    assert v("homepage_sections_visible_to_anon", locale="de") == 0
+
+
+def test_a_policy_that_hides_the_homepage_from_anon_reads_zero(pg: Cluster, db: str) -> None:
+    pg.psql(
+        SECTIONS
+        + """
+    DROP POLICY "Published sections viewable by everyone" ON homepage_sections;
+    CREATE POLICY "Published sections viewable by everyone" ON homepage_sections
+      FOR SELECT TO authenticated USING (status = 'published' AND is_active = true);
+    """,
+        database=db,
+    )
+    assert values(pg, db, "anon_visibility")("homepage_sections_visible_to_anon", locale="en") == 0
+    # The exporter's own view is unchanged: the sections are live, the public cannot see them.
+    assert values(pg, db, "sections")("homepage_sections_live", locale="en") == 3
+    render = values(pg, db, "homepage_render")
+    assert render("homepage_render_sections", locale="en") == 0
+
+
+def test_render_times_each_locale_separately(pg: Cluster, db: str) -> None:
+    pg.psql(
+        SECTIONS
+        + """
+    DROP FUNCTION get_homepage_content(text);
+    CREATE FUNCTION get_homepage_content(p_locale text)
+    RETURNS TABLE (section_id uuid, section_key text)
+    LANGUAGE plpgsql STABLE AS $$
+    BEGIN
+      PERFORM pg_sleep(CASE WHEN p_locale = 'de' THEN 0.4 ELSE 0 END);
+      RETURN QUERY SELECT hs.id, hs.section_key FROM homepage_sections hs
+        WHERE hs.locale = p_locale AND hs.is_active AND hs.status = 'published';
+    END
+    $$;
+    GRANT EXECUTE ON FUNCTION get_homepage_content(text) TO anon;
+    """,
+        database=db,
+    )
+    v = values(pg, db, "homepage_render", locales="de,en,it")
+    de = v("homepage_render_duration_seconds", locale="de")
+    en = v("homepage_render_duration_seconds", locale="en")
+    assert de is not None
+    assert 0.4 <= de < 0.8
+    assert en is not None
+    assert 0 <= en < 0.1
+    assert v("homepage_render_sections", locale="en") == 3
+    assert v("homepage_render_sections", locale="de") == 0  # kill-switched
+    assert v("homepage_render_sections", locale="it") == 1
+
+
+def test_a_missing_render_function_fails_the_query(pg: Cluster, db: str) -> None:
+    pg.psql("DROP FUNCTION get_homepage_content(text)", database=db)
+    outcome = run_named(pg, db, "homepage_render")
+    assert outcome.error is not None
+    assert outcome.error.reason == "sql"
+    assert "get_homepage_content" in outcome.error.message
+
+
+# --- row level security -----------------------------------------------------------------------------
+
+
+def test_rls_is_reported_for_every_cms_table_and_only_those(pg: Cluster, db: str) -> None:
+    pg.psql(
+        """
+    ALTER TABLE section_products DISABLE ROW LEVEL SECURITY;
+    CREATE TABLE orders (id int);
+    CREATE SCHEMA other; CREATE TABLE other.homepage_copy (id int);
+    """,
+        database=db,
+    )
+    v = values(pg, db, "table_rls")
+    assert v("homepage_cms_table_rls_enabled", table="section_products") == 0
+    for table in (
+        "homepage_sections",
+        "section_versions",
+        "section_versions_archive",
+        "section_schedules",
+        "section_categories",
+        "media_assets",
+    ):
+        assert v("homepage_cms_table_rls_enabled", table=table) == 1, table
+    assert {t for (t,) in v.labels("homepage_cms_table_rls_enabled")} == {
+        "homepage_sections",
+        "section_versions",
+        "section_versions_archive",
+        "section_schedules",
+        "section_products",
+        "section_categories",
+        "media_assets",
+    }
+    assert v("homepage_cms_table_policies", table="homepage_sections") == 2
+
+
+def test_the_runbooks_rls_check_is_wrong_and_ours_is_not(pg: Cluster, db: str) -> None:
+    """Runbook health check 5: AND binds tighter than OR, so it lists RLS-enabled homepage
+    tables as violations and never looks at media_assets."""
+    pg.psql("ALTER TABLE media_assets DISABLE ROW LEVEL SECURITY", database=db)
+    runbook = pg.psql(
+        """
+    SELECT tablename FROM pg_tables
+    WHERE tablename LIKE 'homepage%' OR tablename LIKE 'section%' AND rowsecurity = false;
+    """,
+        database=db,
+    ).split()
+    assert runbook == ["homepage_sections"]  # RLS is on there: a false alarm; media_assets missed
+    assert values(pg, db, "table_rls")("homepage_cms_table_rls_enabled", table="media_assets") == 0
+
+
+# --- sizes, bloat, statistics, indexes, functions ------------------------------------------------------
+
+
+def test_dead_tuple_ratio_and_statistics_times(pg: Cluster, db: str) -> None:
+    pg.psql(
+        """
+    ALTER TABLE media_assets SET (autovacuum_enabled = false);
+    INSERT INTO media_assets (file_path, file_size) SELECT 'p' || g, g FROM generate_series(1, 100) g;
+    DELETE FROM media_assets WHERE file_size <= 25;
+    """,
+        database=db,
+    )
+
+    def settled() -> bool:
+        v = values(pg, db, "table_stats")
+        return v("homepage_cms_table_dead_tuple_ratio", table="media_assets") == 0.25
+
+    wait_for(settled, 10, "statistics to reach the exporter", step=0.5)
+    v = values(pg, db, "table_stats")
+    assert v("homepage_cms_table_live_rows", table="media_assets") == 75
+    assert v("homepage_cms_table_dead_rows", table="media_assets") == 25
+    assert v("homepage_cms_table_rows_deleted_total", table="media_assets") == 25
+    assert v("homepage_cms_table_last_analyzed_timestamp_seconds", table="media_assets") == 0
+    size = v("homepage_cms_table_size_bytes", table="media_assets")
+    assert size is not None
+    assert size > 8192
+    now = float(pg.psql("SELECT extract(epoch FROM now())"))
+    pg.psql("ANALYZE media_assets", database=db)
+
+    def analyzed() -> bool:
+        when = values(pg, db, "table_stats")(
+            "homepage_cms_table_last_analyzed_timestamp_seconds", table="media_assets"
+        )
+        return approx(when, now, 10)
+
+    wait_for(analyzed, 10, "last_analyze to be reported", step=0.5)
+
+
+def test_expected_indexes_missing_or_invalid(pg: Cluster, db: str) -> None:
+    pg.psql(
+        """
+    DROP INDEX idx_section_schedules_pending;
+    INSERT INTO media_assets (file_path, file_size) VALUES ('a', 1), ('b', 1);
+    """,
+        database=db,
+    )
+    # A failed CREATE INDEX CONCURRENTLY leaves an invalid index behind.
+    with pytest.raises(Exception, match="could not create unique index"):
+        pg.psql(
+            "CREATE UNIQUE INDEX CONCURRENTLY idx_media_size ON media_assets (file_size)",
+            database=db,
+        )
+    v = values(pg, db, "index_usage")
+    assert (
+        v(
+            "homepage_cms_index_present",
+            index="idx_section_schedules_pending",
+            table="section_schedules",
+        )
+        == 0
+    )
+    assert (
+        v(
+            "homepage_cms_index_present",
+            index="idx_homepage_sections_render",
+            table="homepage_sections",
+        )
+        == 1
+    )
+    assert v("homepage_cms_index_valid", index="idx_media_size", table="media_assets") == 0
+    assert (
+        v(
+            "homepage_cms_index_valid",
+            index="idx_section_versions_history",
+            table="section_versions",
+        )
+        == 1
+    )
+    assert (
+        v(
+            "homepage_cms_index_scans_total",
+            index="idx_section_schedules_pending",
+            table="section_schedules",
+        )
+        is None
+    )
+
+
+def test_index_scans_count_homepage_renders(pg: Cluster, db: str) -> None:
+    pg.psql(
+        SECTIONS + "SET enable_seqscan = off; SELECT count(*) FROM get_homepage_content('en');"
+        "SELECT pg_stat_force_next_flush();",
+        database=db,
+    )
+
+    def counted() -> bool:
+        scans = values(pg, db, "index_usage")(
+            "homepage_cms_index_scans_total",
+            index="idx_homepage_sections_render",
+            table="homepage_sections",
+        )
+        return scans is not None and scans >= 1
+
+    wait_for(counted, 10, "the render index scan to be counted", step=0.5)
+
+
+def test_functions_present_and_security_definer(pg: Cluster, db: str) -> None:
+    pg.psql(
+        """
+    DROP FUNCTION revert_section_to_version(uuid, uuid);
+    ALTER FUNCTION process_scheduled_publishes() SECURITY INVOKER;
+    """,
+        database=db,
+    )
+    v = values(pg, db, "functions")
+    assert v("homepage_cms_function_present", function="revert_section_to_version") == 0
+    assert v("homepage_cms_function_present", function="get_homepage_content") == 1
+    assert v("homepage_cms_function_security_definer", function="process_scheduled_publishes") == 0
+    assert v("homepage_cms_function_security_definer", function="publish_section_version") == 1
+
+
+def test_the_runbooks_function_check_cannot_see_functions_as_the_exporter(
+    pg: Cluster, db: str
+) -> None:
+    """information_schema.routines shows only routines the role owns or may execute, and a
+    SECURITY DEFINER function should not be executable by PUBLIC."""
+    pg.psql("REVOKE EXECUTE ON FUNCTION process_scheduled_publishes() FROM PUBLIC", database=db)
+    seen = pg.psql(
+        "SET ROLE homepage_exporter; SELECT count(*) FROM information_schema.routines"
+        " WHERE routine_name = 'process_scheduled_publishes'",
+        database=db,
+    )
+    assert seen.strip() == "0"
+    assert (
+        values(pg, db, "functions")(
+            "homepage_cms_function_present", function="process_scheduled_publishes"
+        )
+        == 1
+    )
+
+
+# --- media --------------------------------------------------------------------------------------------
+
+
+MEDIA = """
+INSERT INTO homepage_sections (id, section_key, locale) VALUES
+  ('00000000-0000-0000-0000-000000000001', 'hero', 'en');
+INSERT INTO section_versions (section_id, version_number, content) VALUES
+  ('00000000-0000-0000-0000-000000000001', 1,
+   '{"image": "homepage/hero/1.webp",
+     "slides": [{"bg": "https://x.supabase.co/storage/v1/object/public/media/homepage/hero/bg.webp?v=2"}],
+     "note": "mentions homepage/other.webp in prose"}');
+INSERT INTO media_assets (file_path, file_size, created_at) VALUES
+  ('homepage/hero/1.webp', 100, now() - interval '200 days'),
+  ('homepage/hero/bg.webp', 200, now() - interval '200 days'),
+  ('homepage/old-unused.webp', 300, now() - interval '91 days'),
+  ('homepage/new-unused.webp', 400, now() - interval '10 days');
+"""
+
+
+def test_media_totals_against_a_quota(pg: Cluster, db: str) -> None:
+    pg.psql(MEDIA, database=db)
+    v = values(pg, db, "media", media_storage_quota_bytes=4000)
+    assert v("homepage_media_assets") == 4
+    assert v("homepage_media_storage_bytes") == 1000
+    assert v("homepage_media_storage_percent") == 25.0
+    assert v("homepage_media_storage_quota_bytes") == 4000
+
+
+def test_media_percent_is_absent_without_a_quota(pg: Cluster, db: str) -> None:
+    pg.psql(MEDIA, database=db)
+    v = values(pg, db, "media")
+    assert v("homepage_media_storage_bytes") == 1000
+    assert v("homepage_media_storage_percent") is None
+    assert v("homepage_media_storage_quota_bytes") is None
+
+
+def test_unused_media_older_than_90_days(pg: Cluster, db: str) -> None:
+    pg.psql(MEDIA, database=db)
+    v = values(pg, db, "media_unused")
+    assert v("homepage_media_unused_assets") == 1
+    assert v("homepage_media_unused_bytes") == 300
+    # The runbook's LIKE scan agrees on this state (it is only slower, quadratically).
+    runbook = pg.psql(
+        """
+    SELECT ma.file_path FROM media_assets ma
+    WHERE NOT EXISTS (SELECT 1 FROM section_versions sv
+                      WHERE sv.content::text LIKE '%' || ma.file_path || '%')
+      AND ma.created_at < NOW() - INTERVAL '90 days';
+    """,
+        database=db,
+    ).split()
+    assert runbook == ["homepage/old-unused.webp"]
+
+
+# --- versions ---------------------------------------------------------------------------------------
+
+
+def test_versions_per_section_and_archive_eligibility(pg: Cluster, db: str) -> None:
+    pg.psql(
+        """
+    INSERT INTO homepage_sections (id, section_key, locale) VALUES
+      ('00000000-0000-0000-0000-00000000000a', 'a', 'en'),
+      ('00000000-0000-0000-0000-00000000000b', 'b', 'en');
+    -- a: 55 versions, the oldest 5 from 7 months ago (one of them published).
+    INSERT INTO section_versions (section_id, version_number, created_at, is_published)
+    SELECT '00000000-0000-0000-0000-00000000000a', g,
+           CASE WHEN g <= 5 THEN now() - interval '7 months' ELSE now() END, g = 2
+    FROM generate_series(1, 55) g;
+    -- b: 10 old versions, all within its newest 50.
+    INSERT INTO section_versions (section_id, version_number, created_at)
+    SELECT '00000000-0000-0000-0000-00000000000b', g, now() - interval '1 year'
+    FROM generate_series(1, 10) g;
+    """,
+        database=db,
+    )
+    v = values(pg, db, "versions")
+    assert v("homepage_section_versions") == 65
+    assert v("homepage_section_versions_per_section_max") == 55
+    a = values(pg, db, "version_archive")
+    assert a("homepage_section_versions_archivable") == 4
+    assert approx(
+        a("homepage_section_versions_archivable_oldest_age_seconds"),
+        float(pg.psql("SELECT extract(epoch FROM now() - (now() - interval '7 months'))")),
+        5,
+    )
+
+
+def test_empty_tables_read_zero(pg: Cluster, db: str) -> None:
+    assert values(pg, db, "versions")("homepage_section_versions_per_section_max") == 0
+    assert values(pg, db, "version_archive")("homepage_section_versions_archivable") == 0
+    assert values(pg, db, "media_unused")("homepage_media_unused_assets") == 0
+
+
+# --- pg_cron ------------------------------------------------------------------------------------------
+
+
+def test_cron_job_last_finished_run_and_a_missing_job(pg: Cluster) -> None:
+    # Park the real job's schedule so pg_cron cannot add runs while we look.
+    pg.psql(
+        """
+    SELECT cron.alter_job(jobid, schedule := '0 0 1 1 *') FROM cron.job
+    WHERE jobname = 'process-scheduled-publishes';
+    DELETE FROM cron.job_run_details;
+    INSERT INTO cron.job_run_details (jobid, job_pid, database, username, command, status,
+                                      return_message, start_time, end_time)
+    SELECT jobid, 1, 'cms', 'postgres', command, r.status, r.msg,
+           now() - r.ago, now() - r.ago + r.took
+    FROM cron.job, (VALUES ('succeeded', 'SELECT 1', interval '15 minutes', interval '1 second'),
+                           ('failed', 'ERROR: boom', interval '10 minutes', interval '7 seconds'),
+                           ('running', NULL, interval '1 minute', NULL)) AS r(status, msg, ago, took)
+    WHERE jobname = 'process-scheduled-publishes';
+    UPDATE cron.job_run_details SET end_time = NULL WHERE status = 'running';
+    """,
+        database=CMS,
+    )
+    try:
+        v = values(pg, CMS, "cron_jobs")
+        job = "process-scheduled-publishes"
+        assert v("homepage_cron_job_active", jobname=job) == 1
+        assert v("homepage_cron_job_last_run_success", jobname=job) == 0
+        assert approx(v("homepage_cron_job_last_run_duration_seconds", jobname=job), 7, 0.001)
+        assert v("homepage_cron_job_failed_runs_total", jobname=job) == 1
+        assert v("homepage_cron_job_running", jobname=job) == 1
+        pg.psql("SELECT cron.unschedule('process-scheduled-publishes')", database=CMS)
+        gone = values(pg, CMS, "cron_jobs")
+        assert gone("homepage_cron_job_active", jobname=job) == 0
+        assert gone("homepage_cron_job_last_run_success", jobname=job) is None
+    finally:
+        pg.psql(
+            """
+        SELECT cron.unschedule(jobid) FROM cron.job WHERE jobname = 'process-scheduled-publishes';
+        SELECT cron.schedule('process-scheduled-publishes', '*/5 * * * *',
+                             $$SELECT process_scheduled_publishes()$$);
+        DELETE FROM cron.job_run_details;
+        """,
+            database=CMS,
+        )
+
+
+def test_without_pg_cron_and_pg_stat_statements_those_queries_are_skipped(pg: Cluster) -> None:
+    assert run_named(pg, BARE, "cron_jobs").skipped == "extension:pg_cron"
+    assert run_named(pg, BARE, "statements").skipped == "extension:pg_stat_statements"
+    v = values(pg, BARE, "extensions")
+    assert v("homepage_postgres_extension_installed", extension="pg_cron") == 0
+    assert v("homepage_postgres_extension_installed", extension="pg_stat_statements") == 0
+    with_ext = values(pg, CMS, "extensions")
+    assert with_ext("homepage_postgres_extension_installed", extension="pg_cron") == 1
+
+
+def test_every_other_query_works_without_the_extensions(pg: Cluster) -> None:
+    for query in load_config(SHIPPED_QUERIES).enabled:
+        outcome = run_named(pg, BARE, query.name)
+        if query.requires:
+            assert outcome.skipped is not None, query.name
+        else:
+            assert outcome.error is None, (query.name, outcome.error)
+
+
+# --- sessions, locks, statements ----------------------------------------------------------------------
+
+
+def test_blocked_and_idle_in_transaction_sessions(pg: Cluster, db: str) -> None:
+    async def scenario() -> None:
+        holder = await asyncpg.connect(pg.url(database=db))
+        waiter = await asyncpg.connect(pg.url(database=db))
+        try:
+            await holder.execute("BEGIN; LOCK TABLE homepage_sections IN ACCESS EXCLUSIVE MODE")
+            blocked = asyncio.create_task(waiter.fetch("SELECT count(*) FROM homepage_sections"))
+            await asyncio.sleep(0.5)
+            v = await asyncio.to_thread(values, pg, db, "activity")
+            assert v("homepage_postgres_blocked_queries") == 1
+            assert v("homepage_postgres_idle_in_transaction_sessions") == 1
+            assert v("homepage_postgres_active_cms_queries") == 1
+            longest = v("homepage_postgres_longest_cms_query_seconds")
+            assert longest is not None
+            assert 0.4 <= longest < 5
+            assert v("homepage_postgres_long_running_cms_queries") == 0
+            await holder.execute("ROLLBACK")
+            await blocked
+        finally:
+            await holder.close()
+            await waiter.close()
+
+    asyncio.run(scenario())
+    quiet = values(pg, db, "activity")
+    assert quiet("homepage_postgres_blocked_queries") == 0
+    assert quiet("homepage_postgres_active_cms_queries") == 0  # our own session is not counted
+
+
+def test_statements_use_pg13_columns_and_exclude_our_own(pg: Cluster) -> None:
+    pg.psql("SELECT pg_stat_statements_reset()", database=CMS)
+    for _ in range(3):
+        pg.psql("SELECT count(*) FROM homepage_sections WHERE locale = 'en'", database=CMS)
+    v = values(pg, CMS, "statements")
+    calls = v.labels("homepage_statement_calls_total")
+    assert len(calls) >= 1
+    counts = [v("homepage_statement_calls_total", queryid=q) for (q,) in calls]
+    assert 3 in counts
+    # The runbook's column names were removed in PostgreSQL 13.
+    with pytest.raises(Exception, match='column "total_time" does not exist'):
+        pg.psql("SELECT query, calls, total_time, mean_time FROM pg_stat_statements", database=CMS)
+
+
+def test_database_counters(pg: Cluster, db: str) -> None:
+    v = values(pg, db, "database")
+    assert v("homepage_postgres_max_connections") == 50
+    connections = v("homepage_postgres_connections")
+    assert connections is not None
+    assert connections >= 1
+    hits = v("homepage_postgres_blocks_hit_total")
+    assert hits is not None
+    assert hits > 0
+    size = values(pg, db, "database_size")("homepage_postgres_database_size_bytes")
+    assert size is not None
+    assert size > 1_000_000
+
+
+def test_every_shipped_query_has_an_answer_test() -> None:
+    source = Path(__file__).read_text()
+    named = set(re.findall(r'(?:values|run_named)\(pg, \w+, "(\w+)"', source))
+    shipped = {q.name for q in load_config(SHIPPED_QUERIES).queries}
+    assert shipped - named == set()
