@@ -1,4 +1,4 @@
-"""Shared fixtures: one throwaway PostgreSQL cluster for the session, the exporter as a process."""
+"""Shared fixtures: throwaway PostgreSQL clusters for the session, the exporter as a process."""
 
 from __future__ import annotations
 
@@ -7,30 +7,74 @@ from pathlib import Path
 
 import pytest
 
-from exporter.demo.cluster import Cluster
+from exporter.demo.cluster import Cluster, find_bindir, pgserver_bindir
 from exporter.demo.database import EXPORTER_ROLE, create_cms_database
 from tests.harness import EXPORTER_PASSWORD, Exporter
 
 CMS = "cms"
 BARE = "cms_bare"
+TEMPLATE = "cms_template"
+
+# "system": Debian's server with pg_cron and pg_stat_statements, as on Supabase.
+# "pgserver": PostgreSQL 16 from the pgserver wheel, a second major version, no extensions.
+SERVERS = ["system", "pgserver"] if pgserver_bindir() is not None else ["system"]
+
+
+class Servers:
+    """Clusters started on first use and stopped when the session ends."""
+
+    def __init__(self) -> None:
+        self._started: dict[str, Cluster] = {}
+
+    def get(self, flavour: str) -> Cluster:
+        if flavour not in self._started:
+            bindir = pgserver_bindir() if flavour == "pgserver" else find_bindir()
+            assert bindir is not None
+            cluster = Cluster(cron_database=CMS, bindir=bindir)
+            cluster.init().start()
+            self._started[flavour] = cluster
+            create_cms_database(cluster, CMS, exporter_password=EXPORTER_PASSWORD)
+            create_cms_database(
+                cluster, BARE, exporter_password=EXPORTER_PASSWORD, extensions=False
+            )
+            create_cms_database(
+                cluster, TEMPLATE, exporter_password=EXPORTER_PASSWORD, extensions=False
+            )
+        return self._started[flavour]
+
+    def close(self) -> None:
+        for cluster in self._started.values():
+            cluster.destroy()
 
 
 @pytest.fixture(scope="session")
-def pg() -> Iterator[Cluster]:
-    """PostgreSQL with pg_cron and pg_stat_statements preloaded, as on Supabase.
+def servers() -> Iterator[Servers]:
+    registry = Servers()
+    yield registry
+    registry.close()
 
-    Database `cms` has the reference schema with both extensions; `cms_bare` has neither.
+
+@pytest.fixture(scope="session")
+def pg(servers: Servers) -> Cluster:
+    """The system PostgreSQL with pg_cron and pg_stat_statements preloaded, as on Supabase.
+
+    Database `cms` has the reference schema with both extensions; `cms_bare` has neither;
+    `cms_template` is cloned per test by the `db` fixture.
     """
-    cluster = Cluster(cron_database=CMS)
-    with cluster:
-        create_cms_database(cluster, CMS, exporter_password=EXPORTER_PASSWORD)
-        create_cms_database(cluster, BARE, exporter_password=EXPORTER_PASSWORD, extensions=False)
-        yield cluster
+    return servers.get("system")
 
 
 def exporter_dsn(cluster: Cluster, database: str = CMS, **kw: str) -> str:
     """The URL of the least-privileged role the project documents."""
     return cluster.url(EXPORTER_ROLE, kw.get("password", EXPORTER_PASSWORD), database)
+
+
+@pytest.fixture
+def db(pg: Cluster) -> str:
+    """A fresh, empty CMS database for one test, on whichever cluster `pg` is."""
+    from tests.queries_harness import fresh_database
+
+    return fresh_database(pg)
 
 
 @pytest.fixture
@@ -51,20 +95,3 @@ def start_exporter() -> Iterator[Callable[..., Exporter]]:
 @pytest.fixture
 def queries_file(tmp_path: Path) -> Path:
     return tmp_path / "queries.yaml"
-
-
-@pytest.fixture(scope="session")
-def template(pg: Cluster) -> str:
-    """The reference schema, the exporter role and its policies, ready to clone per test."""
-    from tests.queries_harness import TEMPLATE
-
-    create_cms_database(pg, TEMPLATE, exporter_password=EXPORTER_PASSWORD, extensions=False)
-    return TEMPLATE
-
-
-@pytest.fixture
-def db(pg: Cluster, template: str) -> str:
-    """A fresh, empty CMS database for one test."""
-    from tests.queries_harness import fresh_database
-
-    return fresh_database(pg)

@@ -11,9 +11,8 @@ from exporter.config import Query, load_config
 from exporter.demo.cluster import Cluster
 from exporter.scheduler import Outcome, run_query
 from exporter.settings import SHIPPED_QUERIES, Settings, load_settings
-from tests.conftest import exporter_dsn
+from tests.conftest import TEMPLATE, exporter_dsn
 
-TEMPLATE = "cms_template"
 _names = itertools.count()
 
 

@@ -9,6 +9,8 @@ wheel's binaries. PostgreSQL refuses to run as root, so as root it runs as `post
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import importlib.util
 import os
 import pwd
 import shutil
@@ -48,10 +50,9 @@ def find_bindir() -> Path:
     if pg_config:
         out = subprocess.run([pg_config, "--bindir"], capture_output=True, text=True, check=False)
         candidates.append(Path(out.stdout.strip()))
-    with contextlib.suppress(ImportError):
-        import pgserver  # type: ignore[import-not-found,import-untyped,unused-ignore]
-
-        candidates.append(Path(pgserver.__file__).parent / "pginstall" / "bin")
+    wheel = pgserver_bindir()
+    if wheel is not None:
+        candidates.append(wheel)
     for candidate in candidates:
         if (candidate / "initdb").is_file() and (candidate / "postgres").is_file():
             return candidate
@@ -59,6 +60,16 @@ def find_bindir() -> Path:
         "no PostgreSQL server binaries found: install postgresql (apt-get install postgresql-15)"
         " or the pgserver wheel (pip install pgserver)"
     )
+
+
+def pgserver_bindir() -> Path | None:
+    """PostgreSQL binaries of the `pgserver` wheel, if installed (no root or apt needed)."""
+    # find_spec, not import: importing pgserver has side effects (it warns about XDG dirs).
+    spec = importlib.util.find_spec("pgserver")
+    if spec is None or spec.origin is None:
+        return None
+    path = Path(spec.origin).parent / "pginstall" / "bin"
+    return path if (path / "postgres").is_file() else None
 
 
 def _unprivileged_user() -> pwd.struct_passwd | None:
@@ -88,6 +99,8 @@ class Cluster:
         self.datadir = self.base / "data"
         self.logfile = self.base / "server.log"
         self._user = _unprivileged_user()
+        if self._user is not None:
+            self.bindir = _reachable_copy(self.bindir)
         libdir = self.bindir.parent / "lib"
         self.preload = tuple(p for p in self.preload if self._has_library(libdir, p))
 
@@ -274,6 +287,33 @@ class Cluster:
 
     def __exit__(self, *exc: object) -> None:
         self.destroy()
+
+
+def _reachable_copy(bindir: Path) -> Path:
+    """Binaries the unprivileged server user can run: system paths as they are, anything else
+    (a wheel inside a venv under /root, say) copied once to a world-readable temp folder, with
+    the sibling folders its RPATH ($ORIGIN/../../../pgserver.libs) points at."""
+    if str(bindir).startswith(("/usr/", "/opt/")):
+        return bindir
+    install = bindir.parent  # .../site-packages/pgserver/pginstall
+    root = install.parent.parent  # .../site-packages
+    relative = install.relative_to(root)
+    digest = hashlib.sha256(str(install).encode()).hexdigest()[:12]
+    target = Path(tempfile.gettempdir()) / f"homepage-pg-bin-{digest}"
+    if not (target / relative / "bin" / "postgres").exists():
+        staging = Path(tempfile.mkdtemp(prefix="homepage-pg-stage-"))
+        shutil.copytree(install, staging / relative, symlinks=True)
+        for libs in root.glob("*.libs"):
+            shutil.copytree(libs, staging / libs.name, symlinks=True)
+        staging.chmod(0o755)
+        for path in staging.rglob("*"):
+            mode = path.lstat().st_mode
+            if not path.is_symlink():
+                path.chmod(mode | (0o755 if path.is_dir() else 0o444))
+        with contextlib.suppress(OSError):
+            staging.rename(target)
+        shutil.rmtree(staging, ignore_errors=True)
+    return target / relative / "bin"
 
 
 def _has_ipv6() -> bool:

@@ -2,7 +2,7 @@
 -- (migration 20241217000001_homepage_cms_system.sql is not public). Idempotent.
 -- Shipped queries rely only on the columns the runbook shows; see docs/metrics.md.
 
-CREATE EXTENSION IF NOT EXISTS pgcrypto;
+-- gen_random_uuid() is core since PostgreSQL 13: no extension needed.
 
 -- Supabase's API roles.
 DO $$
