@@ -46,6 +46,7 @@ class Query:
     name: str
     help: str
     sql: str
+    needs: tuple[str, ...]
     interval: float
     timeout: float
     stale_after: float
@@ -271,6 +272,7 @@ def _freeze(spec: QuerySpec) -> Query:
         name=spec.name,
         help=spec.help.strip(),
         sql=spec.sql.strip(),
+        needs=spec.needs,
         interval=spec.interval,
         timeout=spec.timeout,
         stale_after=spec.stale_after or spec.interval * DEFAULT_STALE_INTERVALS,

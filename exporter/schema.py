@@ -74,6 +74,7 @@ class QuerySpec(_Strict):
 
     name: Annotated[StrictStr, Field(pattern=QUERY_NAME)]
     help: NonEmpty
+    needs: tuple[NonEmpty, ...] = ()
     sql: NonEmpty
     interval: Duration
     timeout: Duration

@@ -19,6 +19,7 @@ def query(*metrics: Metric, max_series: int | None = None) -> Query:
         name="q",
         help="h",
         sql="SELECT",
+        needs=(),
         interval=30,
         timeout=5,
         stale_after=90,

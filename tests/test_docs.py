@@ -1,0 +1,29 @@
+"""Generated documentation stays in step with what it documents."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from exporter.config import load_config
+from exporter.metricsdoc import render
+from exporter.settings import SHIPPED_QUERIES
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_metrics_md_is_current() -> None:
+    current = (ROOT / "docs" / "metrics.md").read_text()
+    assert current == render(load_config(SHIPPED_QUERIES)), (
+        "docs/metrics.md is stale: python -m exporter.metricsdoc > docs/metrics.md"
+    )
+
+
+def test_every_metric_is_documented() -> None:
+    text = (ROOT / "docs" / "metrics.md").read_text()
+    for query in load_config(SHIPPED_QUERIES).queries:
+        for metric in query.metrics:
+            assert f"`{metric.name}`" in text
+
+
+def test_the_package_queries_file_is_the_top_level_one() -> None:
+    assert SHIPPED_QUERIES.read_text() == (ROOT / "queries.yaml").read_text()
