@@ -126,7 +126,14 @@ class Cluster:
         shown_host = f"[{host}]" if ":" in host else host
         return f"postgresql://{auth}@{shown_host}:{self.port}/{database}"
 
-    def _run(self, argv: list[str], *, capture: bool = False, stdin: str | None = None) -> str:
+    def _run(
+        self,
+        argv: list[str],
+        *,
+        capture: bool = False,
+        stdin: str | None = None,
+        stderr: bool = False,
+    ) -> str:
         preexec = None
         if self._user is not None:
             user = self._user
@@ -153,7 +160,7 @@ class Cluster:
             if self.logfile.exists():
                 tail = "\n".join(self.logfile.read_text(errors="replace").splitlines()[-20:])
             raise ClusterError(f"{' '.join(argv[:2])} failed: {result.stderr.strip()}\n{tail}")
-        return result.stdout
+        return result.stdout + (result.stderr if stderr else "")
 
     def _chown(self, path: Path) -> None:
         if self._user is not None:
@@ -253,6 +260,28 @@ class Cluster:
             ],
             capture=True,
         )
+
+    def psql_log(self, sql: str, database: str = "postgres") -> str:
+        """Run SQL and return what the server said besides results (NOTICE, LOG: stderr)."""
+        argv = [
+            str(self.bindir / "psql"),
+            "-X",
+            "-q",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-At",
+            "-h",
+            str(self.base),
+            "-p",
+            str(self.port),
+            "-U",
+            SUPERUSER,
+            "-d",
+            database,
+            "-c",
+            sql,
+        ]
+        return self._run(argv, capture=True, stderr=True)
 
     def psql_file(self, path: Path, database: str = "postgres", **variables: str) -> None:
         """Run a SQL file through psql (so \\gexec and \\if work), with psql variables."""

@@ -1,0 +1,88 @@
+"""At 10x the runbook's capacity warnings, every default query finishes inside its timeout and
+uses the index the runbook expects. Durations are reported by bench/, never asserted here."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from exporter.app import open_database
+from exporter.config import load_config
+from exporter.demo.cluster import Cluster
+from exporter.demo.database import create_cms_database
+from exporter.scheduler import Outcome, run_query
+from exporter.settings import SHIPPED_QUERIES
+from tests.harness import EXPORTER_PASSWORD
+from tests.queries_harness import settings_for, shipped
+
+pytestmark = pytest.mark.slow
+
+SCALE_DB = "cms_scale10"
+FIXTURE = Path(__file__).resolve().parent.parent / "bench" / "fixture.sql"
+
+
+@pytest.fixture(scope="module")
+def scaled(pg: Cluster) -> Iterator[str]:
+    create_cms_database(pg, SCALE_DB, exporter_password=EXPORTER_PASSWORD, extensions=False)
+    pg.psql_file(FIXTURE, database=SCALE_DB, scale="10")
+    yield SCALE_DB
+    pg.psql(f'DROP DATABASE "{SCALE_DB}" WITH (FORCE)')
+
+
+def plan(pg: Cluster, database: str, sql: str) -> str:
+    return pg.psql("EXPLAIN (COSTS OFF) " + sql, database=database)
+
+
+def test_the_fixture_is_at_ten_times_the_capacity_warnings(pg: Cluster, scaled: str) -> None:
+    per_locale = pg.psql(
+        "SELECT max(n) FROM (SELECT count(*) n FROM homepage_sections GROUP BY locale) s",
+        database=scaled,
+    )
+    assert int(per_locale) == 500  # warning: 50 sections per locale
+    most = pg.psql(
+        "SELECT max(n) FROM (SELECT count(*) n FROM section_versions GROUP BY section_id) s",
+        database=scaled,
+    )
+    assert int(most) == 5000  # warning: 500 versions per section
+    assert int(pg.psql("SELECT count(*) FROM media_assets", database=scaled)) == 1_000_000
+
+
+def test_every_default_query_finishes_within_its_timeout(pg: Cluster, scaled: str) -> None:
+    settings = settings_for(pg, scaled, locales="en,de,fr", media_storage_quota_bytes=10**12)
+
+    async def run_each() -> list[Outcome]:
+        async with open_database(settings) as db:
+            # One at a time: each query's time is its own, not a wait for the pool.
+            return [await run_query(db, q, settings) for q in load_config(SHIPPED_QUERIES).enabled]
+
+    for outcome in asyncio.run(run_each()):
+        assert outcome.error is None, (outcome.query.name, outcome.error)
+        assert outcome.duration < outcome.query.timeout
+
+
+def test_pending_schedules_are_read_through_their_partial_index(pg: Cluster, scaled: str) -> None:
+    query = shipped("scheduled_publishes").sql
+    assert "idx_section_schedules_pending" in plan(pg, scaled, query)
+
+
+def test_the_homepage_render_uses_the_render_index(pg: Cluster, scaled: str) -> None:
+    # get_homepage_content is not inlined (SET search_path), so read the plan it executes.
+    output = pg.psql_log(
+        "LOAD 'auto_explain'; SET auto_explain.log_min_duration = 0;"
+        " SET auto_explain.log_nested_statements = on; SET client_min_messages = log;"
+        " SELECT count(*) FROM get_homepage_content('en');",
+        database=scaled,
+    )
+    assert "idx_homepage_sections_render" in output
+
+
+def test_version_history_lookups_use_the_history_index(pg: Cluster, scaled: str) -> None:
+    lookup = (
+        "SELECT version_number, created_at FROM section_versions"
+        " WHERE section_id = (SELECT id FROM homepage_sections LIMIT 1)"
+        " ORDER BY version_number DESC LIMIT 20"
+    )
+    assert "idx_section_versions_history" in plan(pg, scaled, lookup)
