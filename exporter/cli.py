@@ -13,7 +13,14 @@ from exporter import __version__, logs
 from exporter.app import Daemon, check, once
 from exporter.config import load_config
 from exporter.errors import ConfigError
-from exporter.settings import DEFAULT_PORT, ENV_PREFIX, Settings, load_settings
+from exporter.settings import (
+    DEFAULT_PORT,
+    ENV_PREFIX,
+    LogFormat,
+    LogLevel,
+    Settings,
+    load_settings,
+)
 
 EXIT_OK, EXIT_FAILED, EXIT_CONFIG = 0, 1, 2
 
@@ -42,13 +49,18 @@ def _parser() -> argparse.ArgumentParser:
     common.add_argument("--env-file", type=Path, help="read settings from this .env file")
     for field, help_text in _SETTING_FLAGS.items():
         common.add_argument("--" + field.replace("_", "-"), dest=field, help=help_text)
-    sub = parser.add_subparsers(dest="command", metavar="{run,once,check}")
+    sub = parser.add_subparsers(dest="command", metavar="{run,once,check,demo}")
     sub.add_parser("run", parents=[common], help="serve /metrics (the default)")
     sub.add_parser("once", parents=[common], help="run every query once, print the exposition")
     check_parser = sub.add_parser("check", parents=[common], help="validate settings and queries")
     check_parser.add_argument(
         "--connect", action="store_true", help="also run every query once, read-only"
     )
+    demo = sub.add_parser(
+        "demo", help="start a local PostgreSQL with a simulated homepage and serve its metrics"
+    )
+    demo.add_argument("--listen-address", help=f"host:port (default 127.0.0.1:{DEFAULT_PORT})")
+    demo.add_argument("--queries-file", type=Path, help="queries file (default: shipped)")
     return parser
 
 
@@ -62,6 +74,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not argv or (argv[0].startswith("-") and argv[0] not in ("-h", "--help", "--version")):
         argv.insert(0, "run")
     args = _parser().parse_args(argv)
+    if args.command == "demo":
+        return _demo(args)
     try:
         settings = _settings(args)
         logs.configure(settings.log_level, settings.log_format, settings.secrets())
@@ -78,6 +92,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_CONFIG
     except KeyboardInterrupt:
         return EXIT_FAILED
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from exporter.demo.run import demo
+
+    logs.configure(LogLevel.INFO, LogFormat.LOGFMT)
+    try:
+        return demo(args.listen_address, args.queries_file)
+    except KeyboardInterrupt:
+        return EXIT_OK
 
 
 def _run(settings: Settings, config: Any) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import html
 from collections.abc import Callable
 from types import TracebackType
@@ -115,8 +114,8 @@ class HttpServer:
             await runner.cleanup()
             raise
         self._runner = runner
-        server = site._server
-        sockets = server.sockets if isinstance(server, asyncio.Server) else ()
+        # asyncio's and uvloop's servers both expose .sockets; neither is public via aiohttp.
+        sockets = getattr(site._server, "sockets", None) or ()
         self.bound = [_format_address(s.getsockname()) for s in sockets]
         return self
 
