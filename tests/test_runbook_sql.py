@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from exporter.demo.cluster import Cluster, ClusterError
@@ -127,3 +129,25 @@ def test_runbook_lock_query_names_sessions_that_block_nothing(pg: Cluster, db: s
 
     blamed = asyncio.run(scenario())
     assert len(blamed) > 1  # the true holder and unrelated sessions alike
+
+
+def test_our_weekly_cleanup_script_archives_what_the_metric_counts(pg: Cluster, db: str) -> None:
+    runbook = (Path(__file__).resolve().parent.parent / "docs" / "runbook.md").read_text()
+    section = runbook.split("### Weekly version cleanup", 1)[1]
+    script = section.split("```sql\n", 1)[1].split("```", 1)[0]
+    pg.psql(
+        """
+    INSERT INTO homepage_sections (id, section_key) VALUES ('00000000-0000-0000-0000-00000000000a', 'a');
+    INSERT INTO section_versions (section_id, version_number, created_at, is_published)
+    SELECT '00000000-0000-0000-0000-00000000000a', g,
+           CASE WHEN g <= 8 THEN now() - interval '7 months' ELSE now() END, g = 3
+    FROM generate_series(1, 60) g;
+    """,
+        database=db,
+    )
+    before = values(pg, db, "version_archive")("homepage_section_versions_archivable")
+    assert before == 7
+    pg.psql_file_text(script, database=db)
+    assert pg.psql("SELECT count(*) FROM section_versions_archive", database=db).strip() == "7"
+    assert pg.psql("SELECT count(*) FROM section_versions", database=db).strip() == "53"
+    assert values(pg, db, "version_archive")("homepage_section_versions_archivable") == 0

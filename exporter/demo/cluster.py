@@ -285,6 +285,10 @@ class Cluster:
 
     def psql_file(self, path: Path, database: str = "postgres", **variables: str) -> None:
         """Run a SQL file through psql (so \\gexec and \\if work), with psql variables."""
+        self.psql_file_text(path.read_text(), database, **variables)
+
+    def psql_file_text(self, sql: str, database: str = "postgres", **variables: str) -> None:
+        """Run a script (several statements, transactions, VACUUM) as psql runs a file."""
         argv = [
             str(self.bindir / "psql"),
             "-X",
@@ -302,8 +306,8 @@ class Cluster:
         ]
         for key, value in variables.items():
             argv += ["-v", f"{key}={value}"]
-        # Through stdin: the unprivileged server user may not be able to read `path`.
-        self._run([*argv, "-f", "-"], stdin=path.read_text())
+        # Through stdin: the unprivileged server user may not be able to read the file.
+        self._run([*argv, "-f", "-"], stdin=sql)
 
     def destroy(self) -> None:
         with contextlib.suppress(ClusterError):

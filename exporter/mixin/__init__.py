@@ -1,0 +1,1 @@
+"""The monitoring mixin: alert rules and Grafana dashboard, generated from one thresholds file."""

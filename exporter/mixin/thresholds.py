@@ -1,0 +1,57 @@
+"""alerts/thresholds.yaml: the one place alert thresholds live, validated on load."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from exporter.errors import ConfigError
+
+
+class Tiers(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    warning: float = Field(gt=0)
+    critical: float = Field(gt=0)
+
+
+class Thresholds(BaseModel):
+    """Every number an alert or a dashboard threshold compares against."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    runbook_url: str
+    exporter_job: str
+    render_seconds: Tiers
+    publish_lag_minutes: Tiers
+    publish_failures_per_hour: Tiers
+    media_storage_percent: Tiers
+    version_table_bytes: Tiers
+    cron_run_seconds: float = Field(gt=0)
+    cron_gap_seconds: float = Field(gt=0)
+    sections_per_locale: float = Field(gt=0)
+    versions_per_section: float = Field(gt=0)
+    media_assets: float = Field(gt=0)
+    cms_tables_bytes: float = Field(gt=0)
+    render_p95_seconds: float = Field(gt=0)
+    connections_ratio: float = Field(gt=0, le=1)
+    dead_tuple_ratio: float = Field(gt=0, le=1)
+    cache_hit_ratio: float = Field(gt=0, le=1)
+    statistics_age_seconds: float = Field(gt=0)
+    archive_backlog_age_seconds: float = Field(gt=0)
+
+
+def load_thresholds(path: Path) -> Thresholds:
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        return Thresholds.model_validate(data)
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: invalid YAML: {exc}") from None
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        raise ConfigError(f"{path}: {where}: {first['msg']}") from None
