@@ -3,7 +3,7 @@
 Every asyncpg, socket or timeout failure is translated here, once, into `QueryError`:
 
     QueryError(reason=ErrorReason.X, message="one line, no secrets")
-        TIMEOUT      statement_timeout fired on the server, or our own deadline
+        TIMEOUT      statement_timeout or lock_timeout fired on the server, or our deadline
         CONNECTION   cannot connect, authentication, server shutting down, connection lost
         PERMISSION   privilege or row-security refusal
         SQL          anything else the server rejected (including a write in a read-only txn)
@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from types import TracebackType
 from typing import Any, Self
+from urllib.parse import urlsplit
 
 import asyncpg
 
@@ -58,7 +59,8 @@ def classify(exc: BaseException) -> QueryError:
     """Translate any exception from a database round trip into a `QueryError`."""
     if isinstance(exc, QueryError):
         return exc
-    if isinstance(exc, TimeoutError | asyncpg.QueryCanceledError):
+    # lock_timeout raises LockNotAvailableError (55P03): a wait that ran out, like the others.
+    if isinstance(exc, TimeoutError | asyncpg.QueryCanceledError | asyncpg.LockNotAvailableError):
         detail = str(exc) or "client deadline passed"
         return QueryError(ErrorReason.TIMEOUT, _one_line(detail))
     if isinstance(exc, asyncpg.InsufficientPrivilegeError):
@@ -83,7 +85,7 @@ def classify(exc: BaseException) -> QueryError:
     if isinstance(exc, connection_errors):
         text = str(exc) or type(exc).__name__
         if isinstance(exc, OSError) and exc.strerror:
-            text = f"{exc.strerror} ({type(exc).__name__})"
+            text = exc.strerror
         return QueryError(ErrorReason.CONNECTION, _one_line(text))
     if isinstance(exc, asyncpg.PostgresError):
         return QueryError(ErrorReason.SQL, _one_line(str(exc)))
@@ -125,6 +127,7 @@ class Database:
         self._pool: asyncpg.Pool | None = None
         self._info: ServerInfo | None = None
         self._info_at = 0.0
+        self.target = describe_target(url)
 
     def __repr__(self) -> str:
         return f"Database(pool_size={self._pool_size})"
@@ -193,7 +196,10 @@ class Database:
                         if not conn.is_closed():
                             await transaction.rollback()
         except Exception as exc:
-            raise classify(exc) from exc
+            error = classify(exc)
+            if error.reason is ErrorReason.CONNECTION:
+                error = QueryError(error.reason, f"{error.message} (connecting to {self.target})")
+            raise error from exc
         columns = tuple(records[0].keys()) if records else ()
         rows = tuple(tuple(r.values()) for r in records)
         return Result(columns, rows, time.perf_counter() - started)
@@ -217,6 +223,18 @@ class Database:
     def forget_server_info(self) -> None:
         """Drop the cached server facts (after a reconnect the server may be another one)."""
         self._info = None
+
+
+def describe_target(url: str) -> str:
+    """`host:port/dbname` of a URL: where we connect, without user or password."""
+    parts = urlsplit(url)
+    try:
+        port = parts.port or 5432
+    except ValueError:
+        port = 5432
+    host = parts.hostname or "localhost"
+    shown = f"[{host}]" if ":" in host else host
+    return f"{shown}:{port}{parts.path or '/'}"
 
 
 def _as_any(value: object) -> Any:

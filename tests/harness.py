@@ -141,6 +141,7 @@ class Exporter:
     def close(self) -> None:
         with contextlib.suppress(AssertionError):
             self.stop()
+        self._log.close()
         with contextlib.suppress(OSError):
             os.unlink(self._log.name)
 
