@@ -19,6 +19,7 @@ import subprocess
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 SUPERUSER = "postgres"
 START_TIMEOUT_SECONDS = 60
@@ -90,6 +91,7 @@ class Cluster:
     preload: tuple[str, ...] = ("pg_cron", "pg_stat_statements")
     cron_database: str = "cms"
     settings: dict[str, str] = field(default_factory=dict)
+    hba: tuple[str, ...] = ()
     base: Path | None = None
     bindir: Path = field(default_factory=find_bindir)
 
@@ -134,23 +136,13 @@ class Cluster:
         stdin: str | None = None,
         stderr: bool = False,
     ) -> str:
-        preexec = None
-        if self._user is not None:
-            user = self._user
-
-            def preexec() -> None:
-                os.setgid(user.pw_gid)
-                os.setgroups([])
-                os.setuid(user.pw_uid)
-
         env = {**os.environ, "LC_ALL": "C", "LANG": "C"}
-        # preexec_fn is safe here: the parent is single-threaded when the suite starts clusters.
-        result = subprocess.run(
+        result: subprocess.CompletedProcess[str] = subprocess.run(
             argv,
             capture_output=True,
             text=True,
             check=False,
-            preexec_fn=preexec,
+            **as_user(self._user),
             env=env,
             cwd="/",
             input=stdin,
@@ -165,6 +157,15 @@ class Cluster:
     def _chown(self, path: Path) -> None:
         if self._user is not None:
             os.chown(path, self._user.pw_uid, self._user.pw_gid)
+
+    def write_private(self, name: str, content: str | bytes) -> Path:
+        """A file in the cluster's folder that only the server's user can read (keys, certs)."""
+        assert self.base is not None
+        path = self.base / name
+        path.write_bytes(content.encode() if isinstance(content, str) else content)
+        path.chmod(0o600)
+        self._chown(path)
+        return path
 
     def init(self) -> Cluster:
         assert self.base is not None
@@ -210,6 +211,10 @@ class Cluster:
             conf["cron.use_background_workers"] = "on"
             conf["max_worker_processes"] = "16"
         conf.update(self.settings)
+        if self.hba:
+            hba_file = self.datadir / "pg_hba.conf"
+            rules = "\n".join(self.hba) + "\n"
+            hba_file.write_text(rules + hba_file.read_text())
         with (self.datadir / "postgresql.conf").open("a") as handle:
             handle.write("\n# homepage-cms-exporter test cluster\n")
             handle.writelines(f"{k} = {v}\n" for k, v in conf.items())
@@ -320,6 +325,19 @@ class Cluster:
 
     def __exit__(self, *exc: object) -> None:
         self.destroy()
+
+
+def as_user(user: pwd.struct_passwd | None) -> dict[str, Any]:
+    """subprocess arguments that run a child as `user` (servers that refuse root); unlike a
+    preexec_fn, these are safe while other threads run."""
+    if user is None:
+        return {}
+    return {"user": user.pw_uid, "group": user.pw_gid, "extra_groups": []}
+
+
+def unprivileged_user() -> pwd.struct_passwd | None:
+    """Who to run servers as: None when we are not root."""
+    return _unprivileged_user()
 
 
 def _reachable_copy(bindir: Path) -> Path:

@@ -1,0 +1,194 @@
+"""How production reaches the database: through PgBouncer in transaction mode, and over TLS."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+import yaml
+
+from exporter.demo.cluster import Cluster, as_user, free_port, unprivileged_user
+from exporter.demo.database import EXPORTER_ROLE, create_cms_database
+from exporter.settings import SHIPPED_QUERIES
+from tests.conftest import CMS
+from tests.harness import EXPORTER_PASSWORD, Exporter, exporter_env, wait_for
+
+pytestmark = pytest.mark.slow
+StartExporter = Callable[..., Exporter]
+PGBOUNCER = shutil.which("pgbouncer") or (
+    "/usr/sbin/pgbouncer" if Path("/usr/sbin/pgbouncer").exists() else None
+)
+
+
+def fast_shipped_queries(tmp: Path) -> Path:
+    data = yaml.safe_load(SHIPPED_QUERIES.read_text())
+    for query in data["queries"]:
+        query["interval"] = query["timeout"] = "2s"
+    path = tmp / "queries.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+@contextlib.contextmanager
+def pgbouncer(cluster: Cluster, database: str) -> Iterator[int]:
+    """PgBouncer in transaction mode in front of `database`; yields its port."""
+    assert PGBOUNCER is not None
+    user = unprivileged_user()
+    folder = Path(tempfile.mkdtemp(prefix="homepage-pgbouncer-"))
+    port = free_port()
+    (folder / "userlist.txt").write_text(f'"{EXPORTER_ROLE}" "{EXPORTER_PASSWORD}"\n')
+    (folder / "pgbouncer.ini").write_text(f"""
+[databases]
+{database} = host=127.0.0.1 port={cluster.port} dbname={database}
+[pgbouncer]
+listen_addr = 127.0.0.1
+listen_port = {port}
+unix_socket_dir =
+auth_type = scram-sha-256
+auth_file = {folder}/userlist.txt
+pool_mode = transaction
+default_pool_size = 4
+max_client_conn = 50
+logfile = {folder}/pgbouncer.log
+pidfile = {folder}/pgbouncer.pid
+""")
+    if user is not None:
+        for path in [folder, *folder.iterdir()]:
+            os.chown(path, user.pw_uid, user.pw_gid)
+    proc = subprocess.Popen(
+        [PGBOUNCER, str(folder / "pgbouncer.ini")],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.STDOUT,
+        **as_user(user),
+    )
+    try:
+
+        def listening() -> bool:
+            assert proc.poll() is None, (folder / "pgbouncer.log").read_text()
+            with socket.socket() as sock:
+                return sock.connect_ex(("127.0.0.1", port)) == 0
+
+        wait_for(listening, 10, "pgbouncer to listen")
+        yield port
+    finally:
+        proc.terminate()
+        proc.wait(10)
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.mark.skipif(PGBOUNCER is None, reason="pgbouncer is not installed")
+def test_every_shipped_query_runs_through_pgbouncer_in_transaction_mode(
+    pg: Cluster, start_exporter: StartExporter, tmp_path: Path
+) -> None:
+    with pgbouncer(pg, CMS) as port:
+        url = f"postgresql://{EXPORTER_ROLE}:{EXPORTER_PASSWORD}@127.0.0.1:{port}/{CMS}"
+        exporter = start_exporter(
+            exporter_env(
+                url, fast_shipped_queries(tmp_path), statement_cache_size="0", pool_size="2"
+            )
+        )
+
+        # Several cycles of every query: a leaked prepared statement would fail the second one.
+        def all_up_three_times() -> bool:
+            scrape = exporter.scrape()
+            ups = scrape.all("homepage_exporter_query_up")
+            durations = scrape.all("homepage_exporter_query_duration_seconds")
+            return len(ups) >= 18 and all(v == 1 for v in ups.values()) and bool(durations)
+
+        wait_for(all_up_three_times, 20, "every query up through pgbouncer")
+        time.sleep(5)  # two more cycles
+        scrape = exporter.scrape()
+        errors = scrape.all("homepage_exporter_query_errors_total")
+        assert errors
+        assert sum(errors.values()) == 0, {k: v for k, v in errors.items() if v}
+        assert scrape.get("homepage_exporter_query_up", query="homepage_render") == 1
+
+
+def self_signed(folder: Path) -> tuple[bytes, bytes]:
+    subprocess.run(
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=localhost",
+            "-keyout",
+            str(folder / "key.pem"),
+            "-out",
+            str(folder / "cert.pem"),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    return (folder / "cert.pem").read_bytes(), (folder / "key.pem").read_bytes()
+
+
+@pytest.fixture(scope="module")
+def tls_cluster() -> Iterator[Cluster]:
+    """A server that takes the exporter's role over TLS only, with a self-signed certificate."""
+    cluster = Cluster(
+        preload=(),
+        hba=(
+            f"hostnossl all {EXPORTER_ROLE} 127.0.0.1/32 reject",
+            f"hostssl all {EXPORTER_ROLE} 127.0.0.1/32 scram-sha-256",
+        ),
+    )
+    cluster.init()
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            cert, key = self_signed(Path(tmp))
+        cert_path = cluster.write_private("server.crt", cert)
+        key_path = cluster.write_private("server.key", key)
+        with (cluster.datadir / "postgresql.conf").open("a") as conf:
+            conf.write(f"ssl = on\nssl_cert_file = '{cert_path}'\nssl_key_file = '{key_path}'\n")
+        cluster.start()
+        create_cms_database(cluster, CMS, exporter_password=EXPORTER_PASSWORD, extensions=False)
+        yield cluster
+    finally:
+        cluster.destroy()
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="openssl is not installed")
+def test_sslmode_require_against_a_self_signed_server(
+    tls_cluster: Cluster, start_exporter: StartExporter, tmp_path: Path
+) -> None:
+    url = tls_cluster.url(EXPORTER_ROLE, EXPORTER_PASSWORD, CMS) + "?sslmode=require"
+    exporter = start_exporter(exporter_env(url, fast_shipped_queries(tmp_path)))
+    exporter.wait_metric("homepage_exporter_query_up", lambda v: v == 1, 10, query="sections")
+    ssl = tls_cluster.psql(
+        "SELECT bool_and(s.ssl) FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid)"
+        f" WHERE a.usename = '{EXPORTER_ROLE}'"
+    )
+    assert ssl.strip() == "t"
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="openssl is not installed")
+def test_without_tls_the_server_refuses_and_the_exporter_says_so(
+    tls_cluster: Cluster, tmp_path: Path
+) -> None:
+    url = tls_cluster.url(EXPORTER_ROLE, EXPORTER_PASSWORD, CMS) + "?sslmode=disable"
+    result = subprocess.run(
+        [sys.executable, "-m", "exporter", "check", "--connect"],
+        env={"DATABASE_URL": url, "PATH": "/usr/bin:/bin"},
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
+    assert result.returncode == 1
+    assert "no encryption" in result.stdout or "SSL off" in result.stdout, result.stdout
+    assert EXPORTER_PASSWORD not in result.stdout + result.stderr
