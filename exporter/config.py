@@ -7,6 +7,7 @@ and the key path (`queries.publish_lag.interval`), then says what was expected.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -151,6 +152,9 @@ def _read_yaml(path: Path) -> tuple[object, dict[Path_, int]]:
 # --- error formatting ----------------------------------------------------------------------------
 
 
+_PLAIN_KEY = re.compile(r"[A-Za-z0-9_-]+")
+
+
 def _dotted(path: Sequence[str | int], data: object = None) -> str:
     """`queries.publish_lag.interval`: indices become the query or metric name where known."""
     parts: list[str] = []
@@ -164,7 +168,7 @@ def _dotted(path: Sequence[str | int], data: object = None) -> str:
             parts.append(name if isinstance(name, str) and name else f"[{part}]")
         else:
             child = node.get(part) if isinstance(node, dict) else None
-            parts.append(part)
+            parts.append(part if _PLAIN_KEY.fullmatch(part) else repr(part))
         node = child
     return ".".join(parts).replace(".[", "[") or "(top level)"
 
