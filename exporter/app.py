@@ -17,6 +17,7 @@ from exporter.logs import Logger, get_logger
 from exporter.scheduler import Outcome, Scheduler, run_query
 from exporter.settings import Settings
 from exporter.snapshot import Snapshot, Store
+from exporter.webconfig import WebConfig
 
 PROCESS_METRICS_REFRESH_SECONDS = 5.0
 
@@ -34,8 +35,9 @@ def open_database(settings: Settings) -> Database:
 class Daemon:
     """The long-running exporter: owns the store, the scheduler and the stop/reload events."""
 
-    def __init__(self, settings: Settings, config: Config) -> None:
+    def __init__(self, settings: Settings, config: Config, web: WebConfig | None = None) -> None:
         self.settings = settings
+        self.web = web
         self.store = Store(config)
         self.stop = asyncio.Event()
         self.log = get_logger()
@@ -67,7 +69,7 @@ class Daemon:
         loop.add_signal_handler(signal.SIGHUP, self.reload)
         ready: Callable[[], bool] = lambda: self.store.database_up  # noqa: E731
         async with open_database(self.settings) as db:
-            http = HttpServer(self.store, self.settings.listen, ready=ready)
+            http = HttpServer(self.store, self.settings.listen, ready=ready, web_config=self.web)
             async with http:
                 self.log.info(
                     "listening",

@@ -11,7 +11,7 @@ from typing import Any
 
 from exporter import __version__, logs
 from exporter.app import Daemon, check, once
-from exporter.config import load_config
+from exporter.config import Config, load_config
 from exporter.errors import ConfigError
 from exporter.settings import (
     DEFAULT_PORT,
@@ -21,6 +21,7 @@ from exporter.settings import (
     Settings,
     load_settings,
 )
+from exporter.webconfig import WebConfig, load_web_config
 
 EXIT_OK, EXIT_FAILED, EXIT_CONFIG = 0, 1, 2
 
@@ -35,6 +36,7 @@ _SETTING_FLAGS: dict[str, str] = {
     "statement_cache_size": "asyncpg prepared-statement cache; 0 for PgBouncer/Supavisor",
     "locales": "comma-separated locales to check (default en)",
     "media_storage_quota_bytes": "media storage quota, for homepage_media_storage_percent",
+    "web_config_file": "TLS and basic auth for /metrics (exporter-toolkit web-config.yml format)",
 }
 
 
@@ -81,11 +83,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         logs.configure(settings.log_level, settings.log_format, settings.secrets())
         settings.database_password()  # an unreadable password file is a config error, now
         config = load_config(settings.queries_file)
+        web = load_web_config(settings.web_config_file) if settings.web_config_file else None
         if args.command == "check":
             return check(settings, config, connect=args.connect)
         if args.command == "once":
             return once(settings, config)
-        _run(settings, config)
+        _run(settings, config, web)
         return EXIT_OK
     except ConfigError as exc:
         print(f"homepage-cms-exporter: {logs.redact(str(exc))}", file=sys.stderr)
@@ -104,14 +107,11 @@ def _demo(args: argparse.Namespace) -> int:
         return EXIT_OK
 
 
-def _run(settings: Settings, config: Any) -> None:
+def _run(settings: Settings, config: Config, web: WebConfig | None) -> None:
+    daemon = Daemon(settings, config, web)
     try:
         import uvloop
     except ImportError:  # pragma: no cover - uvloop is a dependency; this keeps PyPy usable
-        asyncio.run(Daemon(settings, config).run())
+        asyncio.run(daemon.run())
         return
-    uvloop.run(_daemon(settings, config))
-
-
-async def _daemon(settings: Settings, config: Any) -> None:
-    await Daemon(settings, config).run()
+    uvloop.run(daemon.run())

@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
 import html
 from collections.abc import Callable
 from types import TracebackType
 from typing import Self
 
 from aiohttp import web
+from aiohttp.typedefs import Handler
 
 from exporter import __version__
 from exporter.exposition import OPENMETRICS_CONTENT_TYPE, TEXT_CONTENT_TYPE
 from exporter.settings import ListenAddress
 from exporter.snapshot import Store
+from exporter.webconfig import WebConfig
 
 SHUTDOWN_TIMEOUT_SECONDS = 2.0
 
@@ -60,15 +63,41 @@ def _landing(metrics_path: str) -> bytes:
 class HttpServer:
     """An aiohttp server bound for the life of the context."""
 
-    def __init__(self, store: Store, listen: ListenAddress, *, ready: Callable[[], bool]) -> None:
+    def __init__(
+        self,
+        store: Store,
+        listen: ListenAddress,
+        *,
+        ready: Callable[[], bool],
+        web_config: WebConfig | None = None,
+    ) -> None:
         self._store = store
         self._listen = listen
         self._ready = ready
+        self._web = web_config or WebConfig()
         self._runner: web.AppRunner | None = None
         self.bound: list[str] = []
 
+    @web.middleware
+    async def _guard(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        """Basic auth (bcrypt, off the event loop) unless the path is configured open."""
+        if self._web.users and request.path not in self._web.open_paths:
+            header = request.headers.get("Authorization")
+            if not await asyncio.to_thread(self._web.check, header):
+                return web.Response(
+                    status=401,
+                    text="unauthorized\n",
+                    headers={
+                        "WWW-Authenticate": 'Basic realm="homepage-cms-exporter"',
+                        **self._web.headers,
+                    },
+                )
+        response = await handler(request)
+        response.headers.update(self._web.headers)
+        return response
+
     def app(self) -> web.Application:
-        app = web.Application()
+        app = web.Application(middlewares=[self._guard])
         app.router.add_get("/", self._index)
         app.router.add_get("/metrics", self._metrics)
         app.router.add_get("/healthz", self._healthz)
@@ -108,7 +137,13 @@ class HttpServer:
         await runner.setup()
         try:
             host = self._listen.host or None
-            site = web.TCPSite(runner, host, self._listen.port, reuse_address=True)
+            site = web.TCPSite(
+                runner,
+                host,
+                self._listen.port,
+                reuse_address=True,
+                ssl_context=self._web.ssl_context,
+            )
             await site.start()
         except BaseException:
             await runner.cleanup()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -48,12 +49,16 @@ class Scrape:
 
 
 def http_get(
-    url: str, headers: Mapping[str, str] | None = None, method: str = "GET", timeout: float = 5.0
+    url: str,
+    headers: Mapping[str, str] | None = None,
+    method: str = "GET",
+    timeout: float = 5.0,
+    context: ssl.SSLContext | None = None,
 ) -> tuple[int, dict[str, str], bytes]:
     # S310: tests only ever build http://127.0.0.1 URLs.
     request = urllib.request.Request(url, headers=dict(headers or {}), method=method)  # noqa: S310
     try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310 - loopback http
+        with urllib.request.urlopen(request, timeout=timeout, context=context) as response:  # noqa: S310 - loopback http
             return response.status, dict(response.headers), response.read()
     except urllib.error.HTTPError as exc:
         return exc.code, dict(exc.headers), exc.read()
@@ -77,9 +82,19 @@ def wait_for(
 class Exporter:
     """`homepage-cms-exporter` started as its own process on a free loopback port."""
 
-    def __init__(self, env: Mapping[str, str], args: tuple[str, ...] = ("run",)) -> None:
+    def __init__(
+        self,
+        env: Mapping[str, str],
+        args: tuple[str, ...] = ("run",),
+        *,
+        scheme: str = "http",
+        context: ssl.SSLContext | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
         self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
+        self.url = f"{scheme}://127.0.0.1:{self.port}"
+        self.context = context
+        self.headers = dict(headers or {})
         self._log = tempfile.NamedTemporaryFile(prefix="exporter-", suffix=".log", delete=False)  # noqa: SIM115
         full_env = {
             k: v
@@ -103,13 +118,24 @@ class Exporter:
         def healthy() -> bool:
             if self.proc.poll() is not None:
                 raise AssertionError(f"exporter exited {self.proc.returncode}:\n{self.logs}")
-            return http_get(self.url + "/healthz", timeout=1.0)[0] == 200
+            return self.get("/healthz", timeout=1.0)[0] == 200
 
         wait_for(healthy, timeout, "exporter /healthz")
         return self
 
+    def get(
+        self, path: str, headers: Mapping[str, str] | None = None, timeout: float = 5.0
+    ) -> tuple[int, dict[str, str], bytes]:
+        """GET with this exporter's TLS context and default headers (credentials)."""
+        return http_get(
+            self.url + path,
+            {**self.headers, **(headers or {})},
+            timeout=timeout,
+            context=self.context,
+        )
+
     def scrape(self, headers: Mapping[str, str] | None = None) -> Scrape:
-        status, _, body = http_get(self.url + "/metrics", headers)
+        status, _, body = self.get("/metrics", headers)
         assert status == 200, body
         return Scrape(body.decode())
 

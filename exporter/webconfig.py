@@ -1,0 +1,192 @@
+"""The web configuration file: TLS and basic auth for the HTTP side, in the format of the
+Prometheus exporter-toolkit's web-config.yml (plus `unauthenticated_paths`, ours)."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import ssl
+from collections import OrderedDict
+from pathlib import Path
+from typing import Literal
+
+import bcrypt
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from exporter.errors import ConfigError
+
+TLS_VERSIONS = {
+    "TLS10": ssl.TLSVersion.TLSv1,
+    "TLS11": ssl.TLSVersion.TLSv1_1,
+    "TLS12": ssl.TLSVersion.TLSv1_2,
+    "TLS13": ssl.TLSVersion.TLSv1_3,
+}
+ClientAuth = Literal[
+    "NoClientCert",
+    "RequestClientCert",
+    "RequireAnyClientCert",
+    "VerifyClientCertIfGiven",
+    "RequireAndVerifyClientCert",
+]
+OPEN_PATHS = ("/healthz", "/readyz")
+# A bcrypt hash to check against when the user is unknown, so timing does not reveal users.
+_DUMMY_HASH = bcrypt.hashpw(b"homepage-cms-exporter", bcrypt.gensalt(rounds=10))
+_CACHE_SIZE = 256
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class TLSServerConfig(_Strict):
+    cert_file: Path
+    key_file: Path
+    client_auth_type: ClientAuth = "NoClientCert"
+    client_ca_file: Path | None = None
+    min_version: Literal["TLS10", "TLS11", "TLS12", "TLS13"] = "TLS12"
+    max_version: Literal["TLS10", "TLS11", "TLS12", "TLS13"] = "TLS13"
+
+
+class HTTPServerConfig(_Strict):
+    headers: dict[str, str] = Field(default_factory=dict)
+
+
+class WebConfigFile(_Strict):
+    tls_server_config: TLSServerConfig | None = None
+    basic_auth_users: dict[str, str] = Field(default_factory=dict)
+    http_server_config: HTTPServerConfig = Field(default_factory=HTTPServerConfig)
+    unauthenticated_paths: tuple[Literal["/healthz", "/readyz"], ...] = ()
+
+    @field_validator("basic_auth_users")
+    @classmethod
+    def _bcrypt_hashes(cls, users: dict[str, str]) -> dict[str, str]:
+        for user, hashed in users.items():
+            if not hashed.startswith(("$2a$", "$2b$", "$2y$")) or len(hashed) != 60:
+                raise ValueError(
+                    f"user {user!r}: expected a bcrypt hash ($2y$...), got something"
+                    " else (hash it with: htpasswd -nBC 10 '' | tr -d ':\\n')"
+                )
+        return users
+
+
+class WebConfig:
+    """A validated web config: the TLS context to serve with and the auth check."""
+
+    __slots__ = ("_verified", "headers", "open_paths", "ssl_context", "users")
+
+    def __init__(
+        self,
+        *,
+        ssl_context: ssl.SSLContext | None = None,
+        users: dict[str, bytes] | None = None,
+        headers: dict[str, str] | None = None,
+        open_paths: frozenset[str] = frozenset(),
+    ) -> None:
+        self.ssl_context = ssl_context
+        self.users = users or {}
+        self.headers = headers or {}
+        self.open_paths = open_paths
+        self._verified: OrderedDict[bytes, bool] = OrderedDict()
+
+    def __repr__(self) -> str:
+        return (
+            f"WebConfig(tls={self.ssl_context is not None}, users={len(self.users)},"
+            f" open_paths={sorted(self.open_paths)})"
+        )
+
+    @property
+    def requires_auth(self) -> bool:
+        return bool(self.users)
+
+    def check(self, authorization: str | None) -> bool:
+        """True if the Authorization header carries a valid user and password."""
+        if not self.users:
+            return True
+        if not authorization or not authorization.startswith("Basic "):
+            return False
+        try:
+            decoded = base64.b64decode(authorization[6:], validate=True).decode()
+        except (binascii.Error, UnicodeDecodeError):
+            return False
+        user, sep, password = decoded.partition(":")
+        if not sep:
+            return False
+        hashed = self.users.get(user, _DUMMY_HASH)
+        # bcrypt costs ~0.1 s by design; remember successes (by digest, never the password).
+        key = hashlib.sha256(user.encode() + b"\0" + password.encode() + b"\0" + hashed).digest()
+        verified = self._verified
+        if key in verified:
+            verified.move_to_end(key)
+            return True
+        ok = bcrypt.checkpw(password.encode(), hashed) and user in self.users
+        if ok:
+            verified[key] = True
+            if len(verified) > _CACHE_SIZE:
+                verified.popitem(last=False)
+        return ok
+
+
+def _ssl_context(path: Path, tls: TLSServerConfig) -> ssl.SSLContext:
+    def resolve(file: Path) -> Path:
+        return file if file.is_absolute() else path.parent / file
+
+    for key in ("cert_file", "key_file", "client_ca_file"):
+        file = getattr(tls, key)
+        if file is not None and not resolve(file).is_file():
+            raise ConfigError(f"{path}: tls_server_config.{key}: no such file {resolve(file)}")
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = TLS_VERSIONS[tls.min_version]
+    context.maximum_version = TLS_VERSIONS[tls.max_version]
+    try:
+        context.load_cert_chain(resolve(tls.cert_file), resolve(tls.key_file))
+    except (ssl.SSLError, OSError) as exc:
+        raise ConfigError(
+            f"{path}: tls_server_config.cert_file/key_file: cannot load: {exc}"
+        ) from None
+    if tls.client_auth_type != "NoClientCert":
+        if tls.client_ca_file is None and "Verify" in tls.client_auth_type:
+            raise ConfigError(
+                f"{path}: tls_server_config.client_ca_file: required by"
+                f" client_auth_type {tls.client_auth_type}"
+            )
+        if tls.client_ca_file is not None:
+            try:
+                context.load_verify_locations(resolve(tls.client_ca_file))
+            except (ssl.SSLError, OSError) as exc:
+                raise ConfigError(
+                    f"{path}: tls_server_config.client_ca_file: cannot load: {exc}"
+                ) from None
+        context.verify_mode = (
+            ssl.CERT_REQUIRED if tls.client_auth_type.startswith("Require") else ssl.CERT_OPTIONAL
+        )
+    return context
+
+
+def load_web_config(path: Path) -> WebConfig:
+    """Read and validate a web config file, or raise `ConfigError` naming the key."""
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: invalid YAML: {type(exc).__name__}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping (tls_server_config, basic_auth_users)")
+    try:
+        spec = WebConfigFile.model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "(top level)"
+        message = str(first["msg"]).removeprefix("Value error, ")
+        if first["type"] == "extra_forbidden":
+            message = "unknown key"
+        raise ConfigError(f"{path}: {where}: {message}") from None
+    context = _ssl_context(path, spec.tls_server_config) if spec.tls_server_config else None
+    return WebConfig(
+        ssl_context=context,
+        users={u: h.replace("$2y$", "$2b$", 1).encode() for u, h in spec.basic_auth_users.items()},
+        headers=dict(spec.http_server_config.headers),
+        open_paths=frozenset(spec.unauthenticated_paths),
+    )
