@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
 import sys
-from collections.abc import Callable
 from typing import TextIO
 
 from exporter.config import Config, load_config
@@ -17,6 +17,7 @@ from exporter.logs import Logger, get_logger
 from exporter.scheduler import Outcome, Scheduler, run_query
 from exporter.settings import Settings
 from exporter.snapshot import Snapshot, Store
+from exporter.targets import load_targets
 from exporter.webconfig import WebConfig
 
 PROCESS_METRICS_REFRESH_SECONDS = 5.0
@@ -32,55 +33,105 @@ def open_database(settings: Settings) -> Database:
     )
 
 
+class Target:
+    """One watched database: its settings, its store of snapshots, its scheduler."""
+
+    def __init__(self, name: str, settings: Settings, config: Config, *, alone: bool) -> None:
+        self.name = name
+        self.settings = settings
+        # Alone, the target's page is /metrics and carries the process metrics too.
+        self.store = Store(config, process_metrics=alone)
+        self.log = get_logger() if alone else get_logger(target=name)
+        self.scheduler: Scheduler | None = None
+
+
 class Daemon:
-    """The long-running exporter: owns the store, the scheduler and the stop/reload events."""
+    """The long-running exporter: owns the targets, the HTTP server and the stop/reload events.
+
+    With one database (DATABASE_URL) its page is /metrics. With a targets file, each target's
+    page is /probe?target=NAME (Prometheus's multi-target pattern) and /metrics carries only the
+    exporter's own process metrics.
+    """
 
     def __init__(self, settings: Settings, config: Config, web: WebConfig | None = None) -> None:
         self.settings = settings
         self.web = web
-        self.store = Store(config)
         self.stop = asyncio.Event()
         self.log = get_logger()
-        self._scheduler: Scheduler | None = None
+        if settings.targets_file is None:
+            self.targets = {"": Target("", settings, config, alone=True)}
+            self.exporter_store = self.targets[""].store
+        else:
+            per_target = load_targets(settings.targets_file, settings)
+            self.targets = {n: Target(n, s, config, alone=False) for n, s in per_target.items()}
+            self.exporter_store = Store(config.without_queries(), database_metrics=False)
+
+    @property
+    def store(self) -> Store:
+        """The store behind /metrics."""
+        return self.exporter_store
 
     def reload(self) -> None:
         """SIGHUP: adopt a new queries file, or keep the old one and say why."""
+        stores = [self.exporter_store, *(t.store for t in self.targets.values())]
         try:
             config = load_config(self.settings.queries_file)
         except ConfigError as exc:
-            self.store.reload_successful = False
-            self.store.render()
+            for store in {id(s): s for s in stores}.values():
+                store.reload_successful = False
+                store.render()
             self.log.error("config_reload_failed", error=str(exc))
             return
-        self.store.replace_config(config)
-        if self._scheduler is not None:
-            self._scheduler.apply(config)
+        if self.settings.targets_file is not None:
+            self.exporter_store.replace_config(config.without_queries())
+        for target in self.targets.values():
+            target.store.replace_config(config)
+            if target.scheduler is not None:
+                target.scheduler.apply(config)
         self.log.info("config_reloaded", queries=len(config.enabled))
+
+    def ready(self) -> bool:
+        return all(t.store.database_up for t in self.targets.values())
 
     async def _refresh_process_metrics(self) -> None:
         while True:
             await asyncio.sleep(PROCESS_METRICS_REFRESH_SECONDS)
-            self.store.render()
+            self.exporter_store.render()
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._on_stop, sig)
         loop.add_signal_handler(signal.SIGHUP, self.reload)
-        ready: Callable[[], bool] = lambda: self.store.database_up  # noqa: E731
-        async with open_database(self.settings) as db:
-            http = HttpServer(self.store, self.settings.listen, ready=ready, web_config=self.web)
+        probes = {n: t.store for n, t in self.targets.items() if n}
+        async with contextlib.AsyncExitStack() as stack:
+            databases = {
+                name: await stack.enter_async_context(open_database(t.settings))
+                for name, t in self.targets.items()
+            }
+            http = HttpServer(
+                self.exporter_store,
+                self.settings.listen,
+                ready=self.ready,
+                web_config=self.web,
+                probes=probes,
+            )
             async with http:
                 self.log.info(
                     "listening",
                     address=",".join(http.bound),
-                    queries=len(self.store.config.enabled),
+                    targets=",".join(probes) or "-",
+                    queries=len(self.exporter_store.config.enabled),
                     queries_file=str(self.settings.queries_file),
                 )
-                self._scheduler = Scheduler(db, self.store, self.settings, self.log)
                 async with asyncio.TaskGroup() as group:
                     refresher = group.create_task(self._refresh_process_metrics())
-                    await self._scheduler.run(self.stop)
+                    for name, target in self.targets.items():
+                        target.scheduler = Scheduler(
+                            databases[name], target.store, target.settings, target.log
+                        )
+                        group.create_task(target.scheduler.run(self.stop))
+                    await self.stop.wait()
                     refresher.cancel()
                 self.log.info("stopping", step="http")
             self.log.info("stopping", step="database_pool")
@@ -137,12 +188,20 @@ def _record_once(outcome: Outcome, store: Store, log: Logger) -> bool:
     return False
 
 
-def check(settings: Settings, config: Config, *, connect: bool, out: TextIO = sys.stdout) -> int:
+def check(
+    settings: Settings,
+    config: Config,
+    *,
+    connect: bool,
+    title: str = "",
+    out: TextIO = sys.stdout,
+) -> int:
     """Report the validated config; with `connect`, run each query once and report each."""
     enabled = config.enabled
     out.write(
         f"{config.path}: ok, {len(enabled)} queries enabled"
-        f" ({len(config.queries) - len(enabled)} disabled)\n"
+        f" ({len(config.queries) - len(enabled)} disabled)"
+        + (f", target {title}\n" if title else "\n")
     )
     if not connect:
         return 0

@@ -21,6 +21,7 @@ from exporter.settings import (
     Settings,
     load_settings,
 )
+from exporter.targets import load_targets
 from exporter.webconfig import WebConfig, load_web_config
 
 EXIT_OK, EXIT_FAILED, EXIT_CONFIG = 0, 1, 2
@@ -37,6 +38,7 @@ _SETTING_FLAGS: dict[str, str] = {
     "locales": "comma-separated locales to check (default en)",
     "media_storage_quota_bytes": "media storage quota, for homepage_media_storage_percent",
     "web_config_file": "TLS and basic auth for /metrics (exporter-toolkit web-config.yml format)",
+    "targets_file": "several databases, served as /probe?target=NAME",
 }
 
 
@@ -53,7 +55,10 @@ def _parser() -> argparse.ArgumentParser:
         common.add_argument("--" + field.replace("_", "-"), dest=field, help=help_text)
     sub = parser.add_subparsers(dest="command", metavar="{run,once,check,demo}")
     sub.add_parser("run", parents=[common], help="serve /metrics (the default)")
-    sub.add_parser("once", parents=[common], help="run every query once, print the exposition")
+    once_parser = sub.add_parser(
+        "once", parents=[common], help="run every query once, print the exposition"
+    )
+    once_parser.add_argument("--target", help="with a targets file: which target")
     check_parser = sub.add_parser("check", parents=[common], help="validate settings and queries")
     check_parser.add_argument(
         "--connect", action="store_true", help="also run every query once, read-only"
@@ -84,10 +89,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings.database_password()  # an unreadable password file is a config error, now
         config = load_config(settings.queries_file)
         web = load_web_config(settings.web_config_file) if settings.web_config_file else None
+        targets = (
+            load_targets(settings.targets_file, settings)
+            if settings.targets_file is not None
+            else {"": settings}
+        )
         if args.command == "check":
-            return check(settings, config, connect=args.connect)
+            codes = [
+                check(s, config, connect=args.connect, title=name) for name, s in targets.items()
+            ]
+            return max(codes)
         if args.command == "once":
-            return once(settings, config)
+            name = args.target or ("" if "" in targets else None)
+            if name not in targets:
+                raise ConfigError(
+                    f"once: pick one of the targets with --target: {', '.join(targets)}"
+                )
+            return once(targets[name], config)
         _run(settings, config, web)
         return EXIT_OK
     except ConfigError as exc:

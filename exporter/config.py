@@ -76,6 +76,11 @@ class Config:
     def enabled(self) -> tuple[Query, ...]:
         return tuple(q for q in self.queries if q.enabled)
 
+    def without_queries(self) -> Config:
+        """The same file with no queries: what the exporter-level page of a multi-target
+        process reports on."""
+        return Config(path=self.path, queries=())
+
 
 # --- YAML with line numbers -------------------------------------------------------------------
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import html
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from types import TracebackType
 from typing import Self
 
@@ -70,8 +70,10 @@ class HttpServer:
         *,
         ready: Callable[[], bool],
         web_config: WebConfig | None = None,
+        probes: Mapping[str, Store] | None = None,
     ) -> None:
         self._store = store
+        self._probes = dict(probes or {})
         self._listen = listen
         self._ready = ready
         self._web = web_config or WebConfig()
@@ -100,12 +102,29 @@ class HttpServer:
         app = web.Application(middlewares=[self._guard])
         app.router.add_get("/", self._index)
         app.router.add_get("/metrics", self._metrics)
+        app.router.add_get("/probe", self._probe)
         app.router.add_get("/healthz", self._healthz)
         app.router.add_get("/readyz", self._readyz)
         return app
 
     async def _metrics(self, request: web.Request) -> web.Response:
-        page = self._store.page
+        return self._page(request, self._store)
+
+    async def _probe(self, request: web.Request) -> web.Response:
+        """Prometheus's multi-target pattern: /probe?target=NAME serves that target's page."""
+        if not self._probes:
+            return web.Response(status=404, text="no targets file: scrape /metrics\n")
+        name = request.query.get("target")
+        if not name:
+            return web.Response(status=400, text="missing ?target=NAME\n")
+        store = self._probes.get(name)
+        if store is None:
+            known = ", ".join(sorted(self._probes))
+            return web.Response(status=404, text=f"unknown target; known: {known}\n")
+        return self._page(request, store)
+
+    def _page(self, request: web.Request, store: Store) -> web.Response:
+        page = store.page
         om = wants_openmetrics(request.headers.get("Accept", ""))
         gz = accepts_gzip(request.headers.get("Accept-Encoding", ""))
         headers = {

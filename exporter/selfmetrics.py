@@ -21,16 +21,17 @@ def families(
     snapshots: Iterable[Snapshot],
     errors: Mapping[str, collections.Counter[ErrorReason]],
     *,
-    database_up: bool,
+    database_up: bool | None,
     reload_successful: bool,
     reload_timestamp: float,
 ) -> Iterator[Metric]:
     snaps = list(snapshots)
-    yield GaugeMetricFamily(
-        PREFIX + "database_up",
-        "1 if the last connection attempt to the database succeeded, else 0.",
-        value=1.0 if database_up else 0.0,
-    )
+    if database_up is not None:
+        yield GaugeMetricFamily(
+            PREFIX + "database_up",
+            "1 if the last connection attempt to the database succeeded, else 0.",
+            value=1.0 if database_up else 0.0,
+        )
     info = GaugeMetricFamily(
         PREFIX + "build_info", "Exporter build information; always 1.", labels=["version"]
     )

@@ -109,6 +109,7 @@ class Settings(BaseSettings):
     ping_interval: Annotated[float, BeforeValidator(_duration)] = Field(default=10.0, gt=0)
     max_series_per_query: int = Field(default=10_000, ge=1)
     web_config_file: Path | None = None
+    targets_file: Path | None = None
     locales: Annotated[tuple[str, ...], NoDecode, BeforeValidator(_split_list)] = ("en",)
     media_storage_quota_bytes: int | None = Field(default=None, gt=0)
 

@@ -34,8 +34,18 @@ class Snapshot:
 class Store:
     """Holds the latest snapshot per query and the page assembled from them."""
 
-    def __init__(self, config: Config, *, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        config: Config,
+        *,
+        clock: Callable[[], float] = time.time,
+        process_metrics: bool = True,
+        database_metrics: bool = True,
+    ) -> None:
+        """`process_metrics`: include process_*/python_* (once per process, not per target).
+        `database_metrics`: include homepage_exporter_database_up (a target's store does)."""
         self._clock = clock
+        self._database_metrics = database_metrics
         self._config = config
         self._snapshots: dict[str, Snapshot] = {q.name: Snapshot(q) for q in config.enabled}
         self._errors: dict[str, collections.Counter[ErrorReason]] = collections.defaultdict(
@@ -45,9 +55,10 @@ class Store:
         self.reload_successful = True
         self.reload_timestamp = clock()
         self._process = CollectorRegistry(auto_describe=False)
-        ProcessCollector(registry=self._process)
-        PlatformCollector(registry=self._process)
-        GCCollector(registry=self._process)
+        if process_metrics:
+            ProcessCollector(registry=self._process)
+            PlatformCollector(registry=self._process)
+            GCCollector(registry=self._process)
         self.page = Page.assemble(())
         self.render()
 
@@ -94,7 +105,7 @@ class Store:
         own = selfmetrics.families(
             self._snapshots.values(),
             self._errors,
-            database_up=self.database_up,
+            database_up=self.database_up if self._database_metrics else None,
             reload_successful=self.reload_successful,
             reload_timestamp=self.reload_timestamp,
         )
