@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import ssl
 import sys
+import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -53,7 +55,7 @@ def _parser() -> argparse.ArgumentParser:
     common.add_argument("--env-file", type=Path, help="read settings from this .env file")
     for field, help_text in _SETTING_FLAGS.items():
         common.add_argument("--" + field.replace("_", "-"), dest=field, help=help_text)
-    sub = parser.add_subparsers(dest="command", metavar="{run,once,check,demo}")
+    sub = parser.add_subparsers(dest="command", metavar="{run,once,check,healthcheck,demo}")
     sub.add_parser("run", parents=[common], help="serve /metrics (the default)")
     once_parser = sub.add_parser(
         "once", parents=[common], help="run every query once, print the exposition"
@@ -62,6 +64,11 @@ def _parser() -> argparse.ArgumentParser:
     check_parser = sub.add_parser("check", parents=[common], help="validate settings and queries")
     check_parser.add_argument(
         "--connect", action="store_true", help="also run every query once, read-only"
+    )
+    sub.add_parser(
+        "healthcheck",
+        parents=[common],
+        help="probe this host's /healthz (for container HEALTHCHECK); exit 0 if alive",
     )
     demo = sub.add_parser(
         "demo", help="start a local PostgreSQL with a simulated homepage and serve its metrics"
@@ -94,6 +101,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             if settings.targets_file is not None
             else {"": settings}
         )
+        if args.command == "healthcheck":
+            return healthcheck(settings, web)
         if args.command == "check":
             codes = [
                 check(s, config, connect=args.connect, title=name) for name, s in targets.items()
@@ -112,6 +121,25 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"homepage-cms-exporter: {logs.redact(str(exc))}", file=sys.stderr)
         return EXIT_CONFIG
     except KeyboardInterrupt:
+        return EXIT_FAILED
+
+
+def healthcheck(settings: Settings, web: WebConfig | None) -> int:
+    """GET /healthz on loopback at the configured port, over TLS when the web config says so.
+    The certificate is not verified: this only asks our own process whether it is alive."""
+    listen = settings.listen
+    host = "::1" if listen.host == "::1" else "127.0.0.1"
+    scheme = "https" if web is not None and web.ssl_context is not None else "http"
+    shown = f"[{host}]" if ":" in host else host
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    request = urllib.request.Request(f"{scheme}://{shown}:{listen.port}/healthz")  # noqa: S310
+    try:
+        with urllib.request.urlopen(request, timeout=3, context=context) as response:  # noqa: S310
+            return EXIT_OK if response.status == 200 else EXIT_FAILED
+    except (OSError, ValueError) as exc:
+        print(f"homepage-cms-exporter healthcheck: {exc}", file=sys.stderr)
         return EXIT_FAILED
 
 

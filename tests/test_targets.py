@@ -164,7 +164,9 @@ def test_check_connect_reports_every_target(pg: Cluster, tmp_path: Path, db: str
 
 
 @pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool not installed")
-@pytest.mark.parametrize("config", ["prometheus.yml", "prometheus-multi-target.yml"])
+@pytest.mark.parametrize(
+    "config", ["prometheus.yml", "prometheus-multi-target.yml", "compose/prometheus.yml"]
+)
 def test_deploy_prometheus_configs_are_valid(config: str) -> None:
     path = Path(__file__).resolve().parent.parent / "deploy" / config
     result = subprocess.run(
