@@ -165,6 +165,7 @@ def _record_once(outcome: Outcome, store: Store, log: Logger) -> bool:
         store.publish(Snapshot(query, skipped=outcome.skipped))
         log.info("query_skipped", query=query.name, requirement=outcome.skipped)
         return False
+    store.count_run(query.name)
     if outcome.error is not None:
         store.count_error(query.name, outcome.error.reason)
         store.publish(Snapshot(query, up=False, duration=outcome.duration))

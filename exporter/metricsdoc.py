@@ -65,7 +65,9 @@ def _self_sections() -> Iterator[str]:
     yield "| metric | type | labels | meaning |"
     yield "|---|---|---|---|"
     families: list[ClientMetric] = list(
-        selfmetrics.families([], {}, database_up=True, reload_successful=True, reload_timestamp=0.0)
+        selfmetrics.families(
+            [], {}, {}, database_up=True, reload_successful=True, reload_timestamp=0.0
+        )
     )
     for family in families:
         name = family.name + ("_total" if family.type == "counter" else "")

@@ -151,6 +151,7 @@ class Scheduler:
             self._store.publish(Snapshot(query, skipped=outcome.skipped))
             return
         state.skipped = None
+        self._store.count_run(query.name)
         if outcome.error is None:
             assert outcome.fragment is not None
             if state.failing is not None:

@@ -20,6 +20,7 @@ PREFIX = "homepage_exporter_"
 def families(
     snapshots: Iterable[Snapshot],
     errors: Mapping[str, collections.Counter[ErrorReason]],
+    runs: Mapping[str, int],
     *,
     database_up: bool | None,
     reload_successful: bool,
@@ -66,6 +67,9 @@ def families(
         "1 for a query not run because the server lacks what it requires.",
         labels=["query", "requirement"],
     )
+    run_total = CounterMetricFamily(
+        PREFIX + "query_runs", "Runs of the query, successful or not.", labels=["query"]
+    )
     error_total = CounterMetricFamily(
         PREFIX + "query_errors",
         "Failed runs of the query, by reason.",
@@ -85,7 +89,8 @@ def families(
             duration.add_metric([name], snap.duration)
         if snap.last_success is not None:
             success.add_metric([name], snap.last_success)
+        run_total.add_metric([name], float(runs.get(name, 0)))
         counts = errors.get(name, collections.Counter())
         for reason in ErrorReason:
             error_total.add_metric([name, reason.value], float(counts[reason]))
-    yield from (up, duration, success, interval, stale, series, skipped, error_total)
+    yield from (up, duration, success, interval, stale, series, skipped, run_total, error_total)

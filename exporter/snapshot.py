@@ -51,6 +51,7 @@ class Store:
         self._errors: dict[str, collections.Counter[ErrorReason]] = collections.defaultdict(
             collections.Counter
         )
+        self._runs: collections.Counter[str] = collections.Counter()
         self.database_up = False
         self.reload_successful = True
         self.reload_timestamp = clock()
@@ -95,6 +96,9 @@ class Store:
     def count_error(self, name: str, reason: ErrorReason) -> None:
         self._errors[name][reason] += 1
 
+    def count_run(self, name: str) -> None:
+        self._runs[name] += 1
+
     def set_database_up(self, up: bool) -> None:
         if up != self.database_up:
             self.database_up = up
@@ -105,6 +109,7 @@ class Store:
         own = selfmetrics.families(
             self._snapshots.values(),
             self._errors,
+            self._runs,
             database_up=self.database_up if self._database_metrics else None,
             reload_successful=self.reload_successful,
             reload_timestamp=self.reload_timestamp,

@@ -159,3 +159,37 @@ def test_check_connect_reports_each_query(pg: Cluster, tmp_path: Path) -> None:
     writes = next(line for line in lines if line.startswith("FAIL  writes"))
     assert "sql: refused by the read-only transaction" in writes
     assert lines[-1] == "1 ok, 1 failed"
+
+
+def test_no_output_of_a_failing_run_contains_the_password(pg: Cluster, tmp_path: Path) -> None:
+    """Every command, failing against a server that rejects the password: scan all it prints."""
+    secret = "Pa55-word-that-must-not-leak"
+    password_file = tmp_path / "password"
+    password_file.write_text(secret + "\n")
+    queries = write_queries(tmp_path / "q.yaml", ONE)
+    base = {"HOMEPAGE_EXPORTER_QUERIES_FILE": str(queries), "HOMEPAGE_EXPORTER_LOG_LEVEL": "debug"}
+    in_url = {**base, "DATABASE_URL": pg.url("homepage_exporter", secret, "cms")}
+    in_file = {
+        **base,
+        "DATABASE_URL": pg.url("homepage_exporter", None, "cms"),
+        "HOMEPAGE_EXPORTER_DATABASE_PASSWORD_FILE": str(password_file),
+    }
+    seen = []
+    for env in (in_url, in_file):
+        for args in (("check", "--connect"), ("once",), ("check",)):
+            result = cli(*args, env=env)
+            seen.append(result.stdout + result.stderr)
+            if args[0] == "once":
+                assert result.returncode == 1
+                assert "password authentication failed" in result.stderr
+    everything = "\n".join(seen)
+    assert secret not in everything
+    assert "Traceback" not in everything
+
+
+def test_settings_repr_hides_the_url_password() -> None:
+    from exporter.settings import load_settings
+
+    settings = load_settings({"database_url": "postgresql://u:Hidden-pw1@h/db"})
+    assert "Hidden-pw1" not in repr(settings)
+    assert "Hidden-pw1" not in str(settings)
