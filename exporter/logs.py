@@ -98,5 +98,5 @@ def configure(level: LogLevel, fmt: LogFormat, secrets: Iterable[str] = ()) -> N
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
     root.propagate = False
-    for noisy in ("aiohttp", "asyncio", "asyncpg"):
+    for noisy in ("asyncio", "asyncpg"):
         logging.getLogger(noisy).setLevel(logging.ERROR)

@@ -7,6 +7,7 @@ import base64
 import binascii
 import hashlib
 import ssl
+import threading
 from collections import OrderedDict
 from pathlib import Path
 from typing import Literal
@@ -74,7 +75,7 @@ class WebConfigFile(_Strict):
 class WebConfig:
     """A validated web config: the TLS context to serve with and the auth check."""
 
-    __slots__ = ("_verified", "headers", "open_paths", "ssl_context", "users")
+    __slots__ = ("_lock", "_verified", "headers", "open_paths", "ssl_context", "users")
 
     def __init__(
         self,
@@ -88,7 +89,9 @@ class WebConfig:
         self.users = users or {}
         self.headers = headers or {}
         self.open_paths = open_paths
+        # Written by the bcrypt worker thread, read on the event loop.
         self._verified: OrderedDict[bytes, bool] = OrderedDict()
+        self._lock = threading.Lock()
 
     def __repr__(self) -> str:
         return (
@@ -100,31 +103,50 @@ class WebConfig:
     def requires_auth(self) -> bool:
         return bool(self.users)
 
+    def _key(self, authorization: str | None) -> tuple[str, str, bytes, bytes] | None:
+        """(user, password, hash, cache key) from a Basic Authorization header, or None."""
+        if not authorization or not authorization.startswith("Basic "):
+            return None
+        try:
+            decoded = base64.b64decode(authorization[6:], validate=True).decode()
+        except (binascii.Error, UnicodeDecodeError):
+            return None
+        user, sep, password = decoded.partition(":")
+        if not sep:
+            return None
+        hashed = self.users.get(user, _DUMMY_HASH)
+        key = hashlib.sha256(user.encode() + b"\0" + password.encode() + b"\0" + hashed).digest()
+        return user, password, hashed, key
+
+    def is_cached(self, authorization: str | None) -> bool:
+        """True if this header was verified before (no bcrypt needed); cheap, on the loop."""
+        parsed = self._key(authorization)
+        if parsed is None:
+            return False
+        with self._lock:
+            if parsed[3] not in self._verified:
+                return False
+            self._verified.move_to_end(parsed[3])
+        return True
+
     def check(self, authorization: str | None) -> bool:
         """True if the Authorization header carries a valid user and password."""
         if not self.users:
             return True
-        if not authorization or not authorization.startswith("Basic "):
+        parsed = self._key(authorization)
+        if parsed is None:
             return False
-        try:
-            decoded = base64.b64decode(authorization[6:], validate=True).decode()
-        except (binascii.Error, UnicodeDecodeError):
-            return False
-        user, sep, password = decoded.partition(":")
-        if not sep:
-            return False
-        hashed = self.users.get(user, _DUMMY_HASH)
+        user, password, hashed, key = parsed
         # bcrypt costs ~0.1 s by design; remember successes (by digest, never the password).
-        key = hashlib.sha256(user.encode() + b"\0" + password.encode() + b"\0" + hashed).digest()
-        verified = self._verified
-        if key in verified:
-            verified.move_to_end(key)
-            return True
+        with self._lock:
+            if key in self._verified:
+                return True
         ok = bcrypt.checkpw(password.encode(), hashed) and user in self.users
         if ok:
-            verified[key] = True
-            if len(verified) > _CACHE_SIZE:
-                verified.popitem(last=False)
+            with self._lock:
+                self._verified[key] = True
+                if len(self._verified) > _CACHE_SIZE:
+                    self._verified.popitem(last=False)
         return ok
 
 

@@ -66,12 +66,13 @@ def test_database_killed_mid_run_then_back(
         exporter.wait_metric("homepage_exporter_query_up", lambda v: v == 0, 5, query="tick")
         exporter.wait_metric("homepage_exporter_database_up", lambda v: v == 0, 5)
         down_after = time.monotonic() - t0
-        assert down_after < 2.5  # within about one interval (1 s) plus the ping
+        # Within about one interval (1 s) plus the 1 s ping, with headroom for a busy machine.
+        assert down_after < 3.5
         assert scrape_seconds(exporter) < max(0.25, 5 * healthy)
         cluster.start()
         t0 = time.monotonic()
         exporter.wait_metric("homepage_exporter_query_up", lambda v: v == 1, 10, query="tick")
-        assert time.monotonic() - t0 < 3.5
+        assert time.monotonic() - t0 < 5
         assert exporter.proc.poll() is None
 
 
