@@ -20,6 +20,7 @@ import json
 import os
 import platform
 import re
+import socket
 import statistics
 import subprocess
 import sys
@@ -102,6 +103,11 @@ def popen(
             proc.wait()
 
 
+def statement_key(sql: str) -> str:
+    """Comparable start of a statement: pg_stat_statements stores constants as $n."""
+    return re.sub(r"\$\d+|\b\d+\b", "?", " ".join(sql.split()))[:60]
+
+
 def contains(marker: str) -> Callable[[bytes], bool]:
     """A readiness test: the body mentions `marker`."""
     encoded = marker.encode()
@@ -119,6 +125,16 @@ async def run_each(settings: Settings, config: Config, runs: int) -> None:
         for _ in range(runs):
             for query in config.enabled:
                 await run_query(db, query, settings)
+
+
+def wait_listening(port: int, seconds: float = 30) -> None:
+    start = time.monotonic()
+    while time.monotonic() - start < seconds:
+        with socket.socket() as sock:
+            if sock.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.05)
+    raise RuntimeError(f"nothing listens on 127.0.0.1:{port} after {seconds}s")
 
 
 def wait_http(url: str, seconds: float = 60, ok: Callable[[bytes], bool] = lambda b: True) -> float:
@@ -199,7 +215,9 @@ def start_postgres_exporter(
         )
     )
     url = f"http://127.0.0.1:{port}/metrics"
-    wait_http(url)
+    # Only "listening": it runs every query inside the scrape, so a slow query delays even the
+    # first answer (that is what the isolation scenario measures).
+    wait_listening(port)
     return Server("postgres_exporter", url, lambda: [proc.pid], proc.terminate)
 
 
@@ -234,8 +252,17 @@ def start_query_exporter(
 
 
 def _ms(text: str) -> float:
-    number, unit = re.fullmatch(r"([\d.]+)(us|ms|s)", text).groups()  # type: ignore[union-attr]
-    return float(number) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
+    """wrk's latency (850.00us, 1.27ms, 2.01s, 1.02m) in milliseconds; NaN if unreadable."""
+    match = re.fullmatch(r"([\d.]+)(us|ms|s|m)", text)
+    if match is None:
+        return float("nan")
+    number, unit = match.groups()
+    return float(number) * {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60_000.0}[unit]
+
+
+def _find(pattern: str, text: str) -> str:
+    match = re.search(pattern, text)
+    return match.group(1) if match else "nan"
 
 
 @dataclass
@@ -249,17 +276,26 @@ class Load:
 def wrk(server: Server, seconds: int, connections: int = 8) -> Load:
     before = cpu_seconds(server.pids())
     out = subprocess.run(
-        ["wrk", "-t2", f"-c{connections}", f"-d{seconds}s", "--latency", server.url],
+        [
+            "wrk",
+            "-t2",
+            f"-c{connections}",
+            f"-d{seconds}s",
+            "--timeout",
+            "60s",
+            "--latency",
+            server.url,
+        ],
         capture_output=True,
         text=True,
         check=True,
         timeout=seconds + 60,
     ).stdout
     cpu = cpu_seconds(server.pids()) - before
-    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
-    requests = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
-    p50 = _ms(re.search(r"50%\s+(\S+)", out).group(1))  # type: ignore[union-attr]
-    p99 = _ms(re.search(r"99%\s+(\S+)", out).group(1))  # type: ignore[union-attr]
+    rps = float(_find(r"Requests/sec:\s+([\d.]+)", out))
+    requests = int(_find(r"(\d+) requests in", out).replace("nan", "0"))
+    p50 = _ms(_find(r"50%\s+(\S+)", out))
+    p99 = _ms(_find(r"99%\s+(\S+)", out))
     return Load(rps, p50, p99, 1000 * cpu / max(requests, 1))
 
 
@@ -454,7 +490,9 @@ def database_load(ctx: Context) -> dict[str, dict[str, float]]:
         asyncio.run(run_each(settings, config, runs=3))
         # Mean execution time per statement as the server measured it, times runs per hour.
         rows = ctx.pg.psql(
-            "SELECT s.query, s.calls, s.total_exec_time FROM pg_stat_statements s"
+            # One line per statement: query texts span lines, psql rows must not.
+            "SELECT regexp_replace(s.query, '\\s+', ' ', 'g'), s.calls, s.total_exec_time"
+            " FROM pg_stat_statements s"
             " JOIN pg_roles r ON r.oid = s.userid WHERE r.rolname IN ('homepage_exporter', 'anon')"
             " AND s.dbid = (SELECT oid FROM pg_database WHERE datname = current_database())",
             database=database,
@@ -462,9 +500,9 @@ def database_load(ctx: Context) -> dict[str, dict[str, float]]:
         stats = [line.rsplit("|", 2) for line in rows.splitlines() if line.count("|") >= 2]
         per_hour_ms = 0.0
         for query in config.enabled:
-            head = " ".join(query.sql.split())[:40]
+            head = statement_key(query.sql)
             for text, calls, total in stats:
-                if " ".join(text.split())[:40] == head:
+                if statement_key(text) == head:
                     per_hour_ms += float(total) / int(calls) * 3600 / query.interval
                     break
         size = ctx.pg.psql(f"SELECT pg_database_size('{database}')", database=database)
@@ -568,6 +606,8 @@ def main() -> int:
         for key, run in plan.items():
             if args.only in (None, key):
                 results[key] = run(ctx)
+                # Saved after each part: a later failure loses nothing (--only resumes).
+                results_file.write_text(json.dumps(results, indent=2, default=lambda o: o.__dict__))
     results["machine"] = machine()
     results["date"] = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
     results["command"] = "bench/run" + (" --quick" if args.quick else "")

@@ -104,6 +104,9 @@ def _plots(results: dict[str, Any], folder: Path) -> list[str]:
     return out
 
 
+PROFILED = Path(__file__).with_name("profiled.md")
+
+
 def write_report(results: dict[str, Any], path: Path, plots: Path) -> None:
     m = results["machine"]
     lines = [
@@ -184,5 +187,13 @@ def write_report(results: dict[str, Any], path: Path, plots: Path) -> None:
             f"| start-up under 1 s | {mem['startup_seconds'] * 1000:.0f} ms |"
             f" {_ok(mem['startup_seconds'] < 1)} |"
         )
-    lines += ["## Goals", "", "| goal | measured | |", "|---|---|---|", *goals, ""]
+    lines += [
+        "## Goals",
+        "",
+        "| goal | measured | |",
+        "|---|---|---|",
+        *goals,
+        "",
+        PROFILED.read_text(),
+    ]
     path.write_text("\n".join(lines) + "\n")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import time
 from collections.abc import Callable, Iterable
@@ -61,7 +62,8 @@ class Store:
             PlatformCollector(registry=self._process)
             GCCollector(registry=self._process)
         self.page = Page.assemble(())
-        self.render()
+        self._render_pending = False
+        self.render_now()
 
     @property
     def config(self) -> Config:
@@ -105,7 +107,22 @@ class Store:
             self.render()
 
     def render(self) -> None:
+        """Re-render soon: once per event-loop turn however many snapshots changed in it
+        (when the database goes down, every query fails in the same instant), or right away
+        outside an event loop."""
+        if self._render_pending:
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            self.render_now()
+            return
+        self._render_pending = True
+        loop.call_soon(self.render_now)
+
+    def render_now(self) -> None:
         """Assemble the page from cached fragments plus freshly built self metrics."""
+        self._render_pending = False
         own = selfmetrics.families(
             self._snapshots.values(),
             self._errors,

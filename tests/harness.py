@@ -172,6 +172,32 @@ class Exporter:
             os.unlink(self._log.name)
 
 
+TICK = """\
+  - name: tick
+    help: A value that changes every run.
+    sql: SELECT extract(epoch FROM clock_timestamp()) AS now
+    interval: 1s
+    timeout: 1s
+    metrics:
+      - name: test_tick_seconds
+        help: Server clock at the last run.
+        value: now
+"""
+
+
+def self_signed_cert(folder: Path, common_name: str = "localhost") -> tuple[Path, Path]:
+    """A throwaway certificate and key (openssl), valid for `common_name` as name and IP."""
+    san = f"IP:{common_name}" if common_name[0].isdigit() else f"DNS:{common_name}"
+    cert, key = folder / "cert.pem", folder / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+         "-subj", f"/CN={common_name}", "-addext", f"subjectAltName={san}",
+         "-keyout", str(key), "-out", str(cert)],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    return cert, key
+
+
 def write_queries(path: Path, body: str) -> Path:
     path.write_text("version: 1\nqueries:\n" + body)
     return path

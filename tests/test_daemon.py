@@ -14,6 +14,7 @@ from exporter.demo.cluster import Cluster
 from tests.conftest import exporter_dsn
 from tests.harness import (
     EXPORTER_PASSWORD,
+    TICK,
     Exporter,
     exporter_env,
     http_get,
@@ -24,18 +25,6 @@ from tests.harness import (
 pytestmark = pytest.mark.slow
 
 StartExporter = Callable[..., Exporter]
-
-TICK = """\
-  - name: tick
-    help: A value that changes every run.
-    sql: SELECT extract(epoch FROM clock_timestamp()) AS now
-    interval: 1s
-    timeout: 1s
-    metrics:
-      - name: test_tick_seconds
-        help: Server clock at the last run.
-        value: now
-"""
 
 
 def test_query_values_refresh_on_their_interval(

@@ -19,6 +19,7 @@ from exporter.demo.database import EXPORTER_ROLE
 from tests.conftest import exporter_dsn
 from tests.harness import (
     EXPORTER_PASSWORD,
+    TICK,
     Exporter,
     exporter_env,
     http_get,
@@ -27,16 +28,6 @@ from tests.harness import (
 
 pytestmark = pytest.mark.slow
 StartExporter = Callable[..., Exporter]
-
-TICK = """\
-  - name: tick
-    help: Changes every run.
-    sql: SELECT extract(epoch FROM clock_timestamp()) AS now
-    interval: 1s
-    timeout: 1s
-    metrics:
-      - {name: test_tick_seconds, help: Server clock., value: now}
-"""
 
 
 def scrape_seconds(exporter: Exporter, n: int = 20) -> float:

@@ -20,7 +20,7 @@ from exporter.demo.cluster import Cluster, as_user, free_port, unprivileged_user
 from exporter.demo.database import EXPORTER_ROLE, create_cms_database
 from exporter.settings import SHIPPED_QUERIES
 from tests.conftest import CMS
-from tests.harness import EXPORTER_PASSWORD, Exporter, exporter_env, wait_for
+from tests.harness import EXPORTER_PASSWORD, Exporter, exporter_env, self_signed_cert, wait_for
 
 pytestmark = pytest.mark.slow
 StartExporter = Callable[..., Exporter]
@@ -113,30 +113,6 @@ def test_every_shipped_query_runs_through_pgbouncer_in_transaction_mode(
         assert scrape.get("homepage_exporter_query_up", query="homepage_render") == 1
 
 
-def self_signed(folder: Path) -> tuple[bytes, bytes]:
-    subprocess.run(
-        [
-            "openssl",
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-days",
-            "2",
-            "-subj",
-            "/CN=localhost",
-            "-keyout",
-            str(folder / "key.pem"),
-            "-out",
-            str(folder / "cert.pem"),
-        ],
-        check=True,
-        capture_output=True,
-    )
-    return (folder / "cert.pem").read_bytes(), (folder / "key.pem").read_bytes()
-
-
 @pytest.fixture(scope="module")
 def tls_cluster() -> Iterator[Cluster]:
     """A server that takes the exporter's role over TLS only, with a self-signed certificate."""
@@ -150,7 +126,8 @@ def tls_cluster() -> Iterator[Cluster]:
     cluster.init()
     try:
         with tempfile.TemporaryDirectory() as tmp:
-            cert, key = self_signed(Path(tmp))
+            cert_file, key_file = self_signed_cert(Path(tmp))
+            cert, key = cert_file.read_bytes(), key_file.read_bytes()
         cert_path = cluster.write_private("server.crt", cert)
         key_path = cluster.write_private("server.key", key)
         with (cluster.datadir / "postgresql.conf").open("a") as conf:

@@ -18,7 +18,7 @@ from exporter.demo.cluster import Cluster
 from exporter.errors import ConfigError
 from exporter.webconfig import load_web_config
 from tests.conftest import exporter_dsn
-from tests.harness import Exporter, exporter_env, http_get, write_queries
+from tests.harness import Exporter, exporter_env, http_get, self_signed_cert, write_queries
 
 pytestmark = pytest.mark.slow
 PASSWORD = "Sc4rape-Me"
@@ -40,30 +40,7 @@ def basic(user: str, password: str) -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def tls_files(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    folder = tmp_path_factory.mktemp("tls")
-    subprocess.run(
-        [
-            "openssl",
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-days",
-            "2",
-            "-subj",
-            "/CN=127.0.0.1",
-            "-addext",
-            "subjectAltName=IP:127.0.0.1",
-            "-keyout",
-            str(folder / "key.pem"),
-            "-out",
-            str(folder / "cert.pem"),
-        ],
-        check=True,
-        capture_output=True,
-    )
-    return folder / "cert.pem", folder / "key.pem"
+    return self_signed_cert(tmp_path_factory.mktemp("tls"), "127.0.0.1")
 
 
 def web_config(folder: Path, tls: tuple[Path, Path], *, open_health: bool) -> Path:

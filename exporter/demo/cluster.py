@@ -242,51 +242,20 @@ class Cluster:
                 [str(self.bindir / "pg_ctl"), "-D", str(self.datadir), "-m", mode, "-w", "stop"]
             )
 
+    def _psql(self, database: str, user: str = SUPERUSER) -> list[str]:
+        """psql over the cluster's socket, stopping at the first error."""
+        return [
+            str(self.bindir / "psql"), "-X", "-q", "-v", "ON_ERROR_STOP=1",
+            "-h", str(self.base), "-p", str(self.port), "-U", user, "-d", database,
+        ]  # fmt: skip
+
     def psql(self, sql: str, database: str = "postgres", user: str = SUPERUSER) -> str:
-        """Run SQL through psql over the socket, stopping at the first error."""
-        return self._run(
-            [
-                str(self.bindir / "psql"),
-                "-X",
-                "-q",
-                "-v",
-                "ON_ERROR_STOP=1",
-                "-At",
-                "-h",
-                str(self.base),
-                "-p",
-                str(self.port),
-                "-U",
-                user,
-                "-d",
-                database,
-                "-c",
-                sql,
-            ],
-            capture=True,
-        )
+        """Run SQL and return its rows, unaligned (-At)."""
+        return self._run([*self._psql(database, user), "-At", "-c", sql], capture=True)
 
     def psql_log(self, sql: str, database: str = "postgres") -> str:
         """Run SQL and return what the server said besides results (NOTICE, LOG: stderr)."""
-        argv = [
-            str(self.bindir / "psql"),
-            "-X",
-            "-q",
-            "-v",
-            "ON_ERROR_STOP=1",
-            "-At",
-            "-h",
-            str(self.base),
-            "-p",
-            str(self.port),
-            "-U",
-            SUPERUSER,
-            "-d",
-            database,
-            "-c",
-            sql,
-        ]
-        return self._run(argv, capture=True, stderr=True)
+        return self._run([*self._psql(database), "-At", "-c", sql], capture=True, stderr=True)
 
     def psql_file(self, path: Path, database: str = "postgres", **variables: str) -> None:
         """Run a SQL file through psql (so \\gexec and \\if work), with psql variables."""
@@ -294,21 +263,7 @@ class Cluster:
 
     def psql_file_text(self, sql: str, database: str = "postgres", **variables: str) -> None:
         """Run a script (several statements, transactions, VACUUM) as psql runs a file."""
-        argv = [
-            str(self.bindir / "psql"),
-            "-X",
-            "-q",
-            "-v",
-            "ON_ERROR_STOP=1",
-            "-h",
-            str(self.base),
-            "-p",
-            str(self.port),
-            "-U",
-            SUPERUSER,
-            "-d",
-            database,
-        ]
+        argv = self._psql(database)
         for key, value in variables.items():
             argv += ["-v", f"{key}={value}"]
         # Through stdin: the unprivileged server user may not be able to read the file.
