@@ -26,7 +26,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -43,7 +43,14 @@ from exporter.demo.cluster import Cluster, free_port  # noqa: E402
 from exporter.demo.database import EXPORTER_ROLE, create_cms_database, sql_file  # noqa: E402
 from exporter.scheduler import run_query  # noqa: E402
 from exporter.settings import SHIPPED_QUERIES, Settings, load_settings  # noqa: E402
-from tests.harness import EXPORTER_PASSWORD, Exporter, Scrape, exporter_env, http_get  # noqa: E402
+from tests.harness import (  # noqa: E402
+    EXPORTER_PASSWORD,
+    Exporter,
+    Scrape,
+    exporter_env,
+    http_get,
+    running,
+)
 
 OUT = ROOT / "docs" / "benchmarks.md"
 PLOTS = ROOT / "docs" / "benchmarks"
@@ -82,25 +89,6 @@ class Server:
     url: str
     pids: Callable[[], list[int]]
     stop: Callable[[], None]
-
-
-@contextlib.contextmanager
-def popen(
-    argv: list[str], log: Path, env: dict[str, str] | None = None
-) -> Iterator[subprocess.Popen[bytes]]:
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            argv, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})}
-        )
-    try:
-        yield proc
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 def statement_key(sql: str) -> str:
@@ -186,7 +174,8 @@ http {{
   server {{ listen 127.0.0.1:{port}; root {root}; location / {{ }} }}
 }}
 """)
-    proc = stack.enter_context(popen(["nginx", "-c", str(conf), "-p", str(tmp)], tmp / "nginx.log"))
+    nginx = ["nginx", "-c", str(conf), "-p", str(tmp)]
+    proc = stack.enter_context(running(nginx, tmp / "nginx.log"))
     url = f"http://127.0.0.1:{port}/metrics"
     wait_http(url)
     return Server(
@@ -201,7 +190,7 @@ def start_postgres_exporter(
     path.write_text(yaml.safe_dump(queries, sort_keys=False))
     port = free_port()
     proc = stack.enter_context(
-        popen(
+        running(
             [
                 "prometheus-postgres-exporter",
                 f"--web.listen-address=127.0.0.1:{port}",
@@ -228,7 +217,7 @@ def start_query_exporter(
     path.write_text(yaml.safe_dump(config, sort_keys=False))
     port = free_port()
     proc = stack.enter_context(
-        popen(
+        running(
             [
                 str(QE_VENV / "bin" / "query-exporter"),
                 "--config",

@@ -198,6 +198,26 @@ def self_signed_cert(folder: Path, common_name: str = "localhost") -> tuple[Path
     return cert, key
 
 
+@contextlib.contextmanager
+def running(
+    argv: list[str], log: Path, env: Mapping[str, str] | None = None
+) -> Iterator[subprocess.Popen[bytes]]:
+    """A program running for the block, its output in `log`; terminated (then killed) after."""
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            argv, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})}
+        )
+    try:
+        yield proc
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
 def write_queries(path: Path, body: str) -> Path:
     path.write_text("version: 1\nqueries:\n" + body)
     return path

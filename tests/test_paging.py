@@ -4,10 +4,8 @@ Prometheus."""
 
 from __future__ import annotations
 
-import contextlib
 import json
 import shutil
-import subprocess
 import tempfile
 import threading
 import time
@@ -25,7 +23,7 @@ from exporter.demo.cluster import Cluster, free_port
 from exporter.demo.database import create_cms_database
 from exporter.settings import SHIPPED_QUERIES
 from tests.conftest import exporter_dsn
-from tests.harness import EXPORTER_PASSWORD, Exporter, exporter_env, http_get, wait_for
+from tests.harness import EXPORTER_PASSWORD, Exporter, exporter_env, http_get, running, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 ALERTMANAGER = shutil.which("prometheus-alertmanager") or shutil.which("alertmanager")
@@ -164,21 +162,6 @@ def prometheus_config(tmp: Path, rules: Path, exporter_port: int, am_port: int) 
     return path
 
 
-@contextlib.contextmanager
-def process(argv: list[str], log: Path) -> Iterator[subprocess.Popen[bytes]]:
-    with log.open("wb") as out:
-        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT)
-        try:
-            yield proc
-        finally:
-            proc.terminate()
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-
-
 class Stack:
     def __init__(
         self, cluster: Cluster, exporter: Exporter, prometheus: str, webhook: Webhook
@@ -218,7 +201,7 @@ def stack() -> Iterator[Stack]:
         webhook = Webhook()
         am_port, prom_port = free_port(), free_port()
         with (
-            process(
+            running(
                 [
                     ALERTMANAGER,
                     f"--config.file={alertmanager_config(tmp, webhook)}",
@@ -228,7 +211,7 @@ def stack() -> Iterator[Stack]:
                 ],
                 tmp / "alertmanager.log",
             ),
-            process(
+            running(
                 [
                     PROMETHEUS,
                     f"--config.file={prometheus_config(tmp, fast_rules(tmp), exporter.port, am_port)}",
