@@ -66,11 +66,6 @@ class Daemon:
             self.targets = {n: Target(n, s, config, alone=False) for n, s in per_target.items()}
             self.exporter_store = Store(config.without_queries(), database_metrics=False)
 
-    @property
-    def store(self) -> Store:
-        """The store behind /metrics."""
-        return self.exporter_store
-
     def reload(self) -> None:
         """SIGHUP: adopt a new queries file, or keep the old one and say why."""
         stores = [self.exporter_store, *(t.store for t in self.targets.values())]

@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from types import TracebackType
-from typing import Any, Self
+from typing import Self
 from urllib.parse import urlsplit
 
 import asyncpg
@@ -216,7 +216,9 @@ class Database:
             timeout,
         )
         major, extensions = result.rows[0]
-        self._info = ServerInfo(int(_as_any(major)), frozenset(_as_any(extensions) or ()))
+        if not isinstance(major, int) or not isinstance(extensions, list | None):
+            raise QueryError(ErrorReason.INVALID_RESULT, "unexpected server_info row")
+        self._info = ServerInfo(major, frozenset(str(e) for e in extensions or ()))
         self._info_at = now
         return self._info
 
@@ -235,7 +237,3 @@ def describe_target(url: str) -> str:
     host = parts.hostname or "localhost"
     shown = f"[{host}]" if ":" in host else host
     return f"{shown}:{port}{parts.path or '/'}"
-
-
-def _as_any(value: object) -> Any:
-    return value

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 from prometheus_client import CollectorRegistry, GCCollector, PlatformCollector, ProcessCollector
@@ -71,9 +71,6 @@ class Store:
 
     def snapshot(self, name: str) -> Snapshot:
         return self._snapshots[name]
-
-    def snapshots(self) -> Iterable[Snapshot]:
-        return self._snapshots.values()
 
     def replace_config(self, config: Config) -> None:
         """Adopt a reloaded config: unchanged queries keep their values, the rest start empty."""

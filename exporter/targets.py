@@ -16,7 +16,7 @@ from typing import Annotated
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
 
-from exporter.errors import ConfigError
+from exporter.errors import ConfigError, dotted, first_problem
 from exporter.settings import Settings
 
 
@@ -47,14 +47,12 @@ def load_targets(path: Path, base: Settings) -> dict[str, Settings]:
     try:
         spec = TargetsFile.model_validate(data)
     except ValidationError as exc:
-        first = exc.errors()[0]
-        loc = [str(p) for p in first["loc"]]
+        loc, message = first_problem(exc)
         if len(loc) >= 2 and loc[0] == "targets" and loc[1].isdigit() and isinstance(data, dict):
             entry = data["targets"][int(loc[1])]
             if isinstance(entry, dict) and isinstance(entry.get("name"), str):
                 loc[1] = entry["name"]
-        message = "unknown key" if first["type"] == "extra_forbidden" else first["msg"]
-        raise ConfigError(f"{path}: {'.'.join(loc) or '(top level)'}: {message}") from None
+        raise ConfigError(f"{path}: {dotted(loc)}: {message}") from None
     out: dict[str, Settings] = {}
     for target in spec.targets:
         if target.name in out:

@@ -16,7 +16,7 @@ import bcrypt
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from exporter.errors import ConfigError
+from exporter.errors import ConfigError, dotted, first_problem
 
 TLS_VERSIONS = {
     "TLS10": ssl.TLSVersion.TLSv1,
@@ -98,10 +98,6 @@ class WebConfig:
             f"WebConfig(tls={self.ssl_context is not None}, users={len(self.users)},"
             f" open_paths={sorted(self.open_paths)})"
         )
-
-    @property
-    def requires_auth(self) -> bool:
-        return bool(self.users)
 
     def _key(self, authorization: str | None) -> tuple[str, str, bytes, bytes] | None:
         """(user, password, hash, cache key) from a Basic Authorization header, or None."""
@@ -199,12 +195,8 @@ def load_web_config(path: Path) -> WebConfig:
     try:
         spec = WebConfigFile.model_validate(data)
     except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"]) or "(top level)"
-        message = str(first["msg"]).removeprefix("Value error, ")
-        if first["type"] == "extra_forbidden":
-            message = "unknown key"
-        raise ConfigError(f"{path}: {where}: {message}") from None
+        loc, message = first_problem(exc)
+        raise ConfigError(f"{path}: {dotted(loc)}: {message}") from None
     context = _ssl_context(path, spec.tls_server_config) if spec.tls_server_config else None
     return WebConfig(
         ssl_context=context,

@@ -7,7 +7,7 @@ from pathlib import Path
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from exporter.errors import ConfigError
+from exporter.errors import ConfigError, dotted, first_problem
 
 
 class Tiers(BaseModel):
@@ -52,6 +52,5 @@ def load_thresholds(path: Path) -> Thresholds:
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: invalid YAML: {exc}") from None
     except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"])
-        raise ConfigError(f"{path}: {where}: {first['msg']}") from None
+        loc, message = first_problem(exc)
+        raise ConfigError(f"{path}: {dotted(loc)}: {message}") from None
