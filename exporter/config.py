@@ -54,7 +54,6 @@ class Query:
     min_server_version: int | None
     requires: tuple[str, ...]
     params: tuple[Param, ...]
-    role: str | None
     enabled: bool
     max_series: int | None
     metrics: tuple[Metric, ...]
@@ -288,7 +287,6 @@ def _freeze(spec: QuerySpec) -> Query:
         min_server_version=spec.min_server_version,
         requires=spec.requires,
         params=spec.params,
-        role=spec.role,
         enabled=spec.enabled,
         max_series=spec.max_series,
         metrics=tuple(

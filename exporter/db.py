@@ -166,12 +166,11 @@ class Database:
             raise RuntimeError("Database used outside its context")
         return self._pool
 
-    async def fetch(
-        self, sql: str, args: Sequence[object], timeout: float, *, role: str | None = None
-    ) -> Result:
+    async def fetch(self, sql: str, args: Sequence[object], timeout: float) -> Result:
         """Run one statement read-only with a server and a client deadline; raise `QueryError`.
 
-        `role` runs it as that role (SET LOCAL ROLE), to see what row level security shows it.
+        The transaction is read-only whatever the role's defaults say: the first statement of
+        every run is SET TRANSACTION READ ONLY, so even a role that could write cannot here.
         """
         started = time.perf_counter()
         try:
@@ -187,7 +186,6 @@ class Database:
                             f" SET LOCAL lock_timeout = {millis};"
                             " SET LOCAL idle_in_transaction_session_timeout = "
                             f"{millis + int(CLIENT_GRACE_SECONDS * 1000) * 2}"
-                            + (f'; SET LOCAL ROLE "{role}"' if role else "")
                         )
                         # fetch() uses unnamed statements when the cache is off, which
                         # transaction-mode poolers (PgBouncer, Supavisor) route safely.

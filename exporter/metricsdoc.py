@@ -31,15 +31,15 @@ def _cell(text: str) -> str:
 
 def _query_sections(config: Config) -> Iterator[str]:
     yield "## Query metrics\n"
-    yield "| query | interval | timeout | runs as | requires |"
-    yield "|---|---|---|---|---|"
+    yield "| query | interval | timeout | requires |"
+    yield "|---|---|---|---|"
     for q in config.queries:
         requires = ", ".join(q.requires)
         if q.min_server_version:
             requires = ", ".join(filter(None, [requires, f"PostgreSQL >= {q.min_server_version}"]))
         yield (
             f"| [`{q.name}`](#{q.name}) | {format_duration(q.interval)} |"
-            f" {format_duration(q.timeout)} | {q.role or 'exporter role'} | {requires or '-'} |"
+            f" {format_duration(q.timeout)} | {requires or '-'} |"
         )
     yield ""
     for q in config.queries:

@@ -82,7 +82,6 @@ class QuerySpec(_Strict):
     min_server_version: Annotated[StrictInt, Field(ge=9, le=99)] | None = None
     requires: tuple[Annotated[StrictStr, Field(pattern=r"^[a-z_][a-z0-9_]*$")], ...] = ()
     params: tuple[Param, ...] = ()
-    role: Annotated[StrictStr, Field(pattern=r"^[a-z_][a-z0-9_]*$")] | None = None
     enabled: StrictBool = True
     max_series: Annotated[StrictInt, Field(ge=1)] | None = None
     metrics: Annotated[tuple[MetricSpec, ...], Field(min_length=1)]

@@ -26,7 +26,6 @@ def query(*metrics: Metric, max_series: int | None = None) -> Query:
         min_server_version=None,
         requires=(),
         params=(),
-        role=None,
         enabled=True,
         max_series=max_series,
         metrics=metrics,

@@ -32,7 +32,6 @@ KEYS = [
     "min_server_version",
     "requires",
     "params",
-    "role",
     "enabled",
     "max_series",
     "metrics",

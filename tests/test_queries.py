@@ -610,3 +610,91 @@ def test_every_shipped_query_has_an_answer_test() -> None:
     named = set(re.findall(r'(?:values|run_named)\(pg, \w+, "(\w+)"', source))
     shipped = {q.name for q in load_config(SHIPPED_QUERIES).queries}
     assert shipped - named == set()
+
+
+# --- the security advisor's lints -----------------------------------------------------------------
+
+LINTS = (
+    "anon_security_definer_function_executable",
+    "authenticated_security_definer_function_executable",
+    "function_search_path_mutable",
+    "rls_disabled_in_public",
+    "policy_exists_rls_disabled",
+    "rls_enabled_no_policy",
+    "unindexed_foreign_keys",
+    "duplicate_index",
+    "invalid_index",
+)
+# One bad object among the good reference schema, and which lints it must trip (and no other).
+BAD_OBJECTS = {
+    "anon_security_definer_function_executable": (
+        "GRANT EXECUTE ON FUNCTION process_scheduled_publishes() TO anon",
+        {"anon_security_definer_function_executable": "process_scheduled_publishes()"},
+    ),
+    "authenticated_security_definer_function_executable": (
+        "GRANT EXECUTE ON FUNCTION publish_section_version(uuid, uuid) TO authenticated",
+        {
+            "authenticated_security_definer_function_executable": (
+                "publish_section_version(uuid,uuid)"
+            )
+        },
+    ),
+    "function_search_path_mutable": (
+        "ALTER FUNCTION revert_section_to_version(uuid, uuid) RESET search_path",
+        {"function_search_path_mutable": "revert_section_to_version(uuid,uuid)"},
+    ),
+    "rls_disabled_in_public": (
+        "CREATE TABLE media_folders (id int PRIMARY KEY)",
+        {"rls_disabled_in_public": "media_folders"},
+    ),
+    "policy_exists_rls_disabled": (
+        "ALTER TABLE section_products DISABLE ROW LEVEL SECURITY",
+        {
+            "policy_exists_rls_disabled": "section_products",
+            "rls_disabled_in_public": "section_products",
+        },
+    ),
+    "rls_enabled_no_policy": (
+        'DROP POLICY "Section categories viewable by everyone" ON section_categories',
+        {"rls_enabled_no_policy": "section_categories"},
+    ),
+    "unindexed_foreign_keys": (
+        "DROP INDEX idx_section_products_section",
+        {"unindexed_foreign_keys": "section_products.section_products_section_id_fkey"},
+    ),
+    "duplicate_index": (
+        "CREATE INDEX idx_copy ON section_categories (section_id)",
+        {"duplicate_index": "idx_copy,idx_section_categories_section"},
+    ),
+    "invalid_index": (
+        # What a failed CREATE INDEX CONCURRENTLY leaves behind.
+        "UPDATE pg_index SET indisvalid = false"
+        " WHERE indexrelid = 'idx_media_assets_created'::regclass",
+        {"invalid_index": "idx_media_assets_created"},
+    ),
+}
+
+
+def test_the_reference_schema_passes_every_advisor_lint(pg: Cluster, db: str) -> None:
+    v = values(pg, db, "security_advisor")
+    assert {
+        lint: v("homepage_cms_security_findings", lint=lint) for lint in LINTS
+    } == dict.fromkeys(LINTS, 0)
+    assert v.labels("homepage_cms_security_finding") == set()
+
+
+@pytest.mark.parametrize("lint", LINTS)
+def test_each_advisor_lint_fires_on_its_bad_object_only(pg: Cluster, db: str, lint: str) -> None:
+    statement, expected = BAD_OBJECTS[lint]
+    # Objects outside the CMS's scope are not ours to judge: an open table of the shop, a
+    # SECURITY DEFINER function of another feature.
+    pg.psql(
+        statement + "; CREATE TABLE orders (id int);"
+        " CREATE FUNCTION shop_admin() RETURNS int LANGUAGE sql SECURITY DEFINER AS 'SELECT 1';"
+        " GRANT EXECUTE ON FUNCTION shop_admin() TO anon;",
+        database=db,
+    )
+    v = values(pg, db, "security_advisor")
+    found = {name: v("homepage_cms_security_findings", lint=name) for name in LINTS}
+    assert found == {name: (1 if name in expected else 0) for name in LINTS}
+    assert v.labels("homepage_cms_security_finding") == set(expected.items())

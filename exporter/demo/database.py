@@ -26,6 +26,19 @@ def create_cms_database(
     cluster.psql_file(sql_file("schema.sql"), database=database)
     if extensions and "pg_cron" in cluster.preload and database == cluster.cron_database:
         cluster.psql_file(sql_file("cron.sql"), database=database)
-    cluster.psql_file(
-        sql_file("exporter_role.sql"), database=database, exporter_password=exporter_password
+    load_exporter_role(cluster, database, exporter_password)
+
+
+def role_script(password: str) -> str:
+    """exporter_role.sql preceded by the session setting it reads the password from."""
+    literal = "'" + password.replace("'", "''") + "'"
+    return (
+        f"SET homepage_exporter.password = {literal};\n" + sql_file("exporter_role.sql").read_text()
     )
+
+
+def load_exporter_role(
+    cluster: Cluster, database: str, password: str, user: str | None = None
+) -> None:
+    """Create or repair the exporter's role and objects, as the README says to."""
+    cluster.psql_file_text(role_script(password), database, user)

@@ -1,54 +1,243 @@
--- The least-privileged role homepage-cms-exporter is documented to run as.
--- Run as the database owner (Supabase: the `postgres` role) in the CMS database:
---   psql "$DATABASE_URL" -v exporter_password="$(cat password-file)" -f exporter_role.sql
--- Idempotent: safe to re-run after migrations add tables.
-\set ON_ERROR_STOP on
+-- The least-privileged role homepage-cms-exporter runs as, and the few objects it reads through.
+--
+-- Run it as the owner of the CMS tables. On Supabase that is the `postgres` role, which is NOT a
+-- superuser (NOSUPERUSER CREATEROLE REPLICATION BYPASSRLS): paste this file into the dashboard's
+-- SQL editor, or run it with psql over the direct connection (port 5432). Plain SQL only, no
+-- psql meta-commands. Idempotent: re-run it after migrations add tables or extensions; it also
+-- repairs a role left half-made by older versions of this script.
+--
+-- The password: set `homepage_exporter.password` in the same session first, e.g.
+--   psql "$OWNER_URL" -v ON_ERROR_STOP=1 \
+--        -c "SET homepage_exporter.password = '...'" -f exporter_role.sql
+-- or leave it unset and afterwards run `\password homepage_exporter` in psql (hashed on your
+-- machine) or `ALTER ROLE homepage_exporter PASSWORD '...'` in the SQL editor.
+--
+-- What the role can do, and why (README "Supabase" has the same list):
+--   LOGIN, CONNECTION LIMIT 5     the exporter's pool holds 2 connections; headroom for `check`.
+--   pg_monitor                    every session in pg_stat_activity, every user's
+--                                 pg_stat_statements, table statistics. Read-only.
+--   SELECT on the CMS tables      plus a SELECT-only row level security policy for itself, so it
+--                                 counts every row (no BYPASSRLS).
+--   schema homepage_exporter      USAGE for the exporter alone. It holds:
+--     cron_job, cron_job_run_details   views of pg_cron's tables without the `command` text,
+--                                 owned by this script's role (on Supabase `postgres`, which
+--                                 bypasses pg_cron's "own jobs only" policy); pg_cron's tables
+--                                 belong to supabase_admin and take no policies from us.
+--     pg_stat_statements          a view of the extension wherever it lives (Supabase: schema
+--                                 `extensions`, which is not on the exporter's search path).
+--     render_as_anon(text[]), sections_visible_to_anon(text[])
+--                                 fixed-body, STABLE probes owned by `anon` (SECURITY DEFINER):
+--                                 they see exactly what the public sees through row level
+--                                 security, yet the exporter is not a member of `anon` and so
+--                                 cannot act as it. EXECUTE for the exporter only.
+--   nothing else: no membership in anon/authenticated/service_role, no USAGE on schema cron,
+--   no EXECUTE on the CMS's writer functions, default_transaction_read_only on.
+BEGIN;
 
-SELECT NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'homepage_exporter') AS create_role
-\gset
-\if :create_role
-  CREATE ROLE homepage_exporter LOGIN;
-\endif
--- No privileges beyond reading: read-only by default, few connections, bounded statements.
-ALTER ROLE homepage_exporter WITH LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION
-  NOBYPASSRLS CONNECTION LIMIT 5 PASSWORD :'exporter_password';
+-- 1. The role itself ---------------------------------------------------------------------------
+DO $role$
+DECLARE
+  r record;
+  pw text := current_setting('homepage_exporter.password', true);
+BEGIN
+  IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'homepage_exporter') THEN
+    CREATE ROLE homepage_exporter LOGIN;
+  END IF;
+  SELECT rolsuper, rolbypassrls, rolreplication INTO r
+  FROM pg_roles WHERE rolname = 'homepage_exporter';
+  IF r.rolsuper OR r.rolbypassrls OR r.rolreplication THEN
+    -- Only a superuser may take these away; on Supabase ask support, or drop and re-create.
+    RAISE EXCEPTION 'role homepage_exporter has SUPERUSER, BYPASSRLS or REPLICATION'
+      USING HINT = 'DROP ROLE homepage_exporter (after REASSIGN/DROP OWNED) and run this script again';
+  END IF;
+  -- INHERIT: it must use pg_monitor's rights. Everything else it might have been given goes.
+  ALTER ROLE homepage_exporter WITH LOGIN INHERIT NOCREATEDB NOCREATEROLE CONNECTION LIMIT 5;
+  IF coalesce(pw, '') <> '' THEN
+    EXECUTE format('ALTER ROLE homepage_exporter PASSWORD %L', pw);
+  END IF;
+END
+$role$;
+-- Belt and braces: a client can switch this off, which is why the privileges below matter.
 ALTER ROLE homepage_exporter SET default_transaction_read_only = on;
 ALTER ROLE homepage_exporter SET statement_timeout = '60s';
 ALTER ROLE homepage_exporter SET application_name = 'homepage-cms-exporter';
 
--- pg_stat_activity of every session, pg_stat_statements of every user, table statistics.
-GRANT pg_monitor TO homepage_exporter;
-SELECT format('GRANT CONNECT ON DATABASE %I TO homepage_exporter', current_database()) \gexec
-GRANT USAGE ON SCHEMA public TO homepage_exporter;
+-- Memberships: pg_monitor and nothing else (older versions of this script granted `anon`,
+-- which on Supabase carries ALL on every table and EXECUTE on every function in public).
+DO $members$
+DECLARE
+  m record;
+BEGIN
+  FOR m IN
+    SELECT g.rolname FROM pg_auth_members a
+    JOIN pg_roles g ON g.oid = a.roleid
+    WHERE a.member = 'homepage_exporter'::regrole AND g.rolname <> 'pg_monitor'
+  LOOP
+    EXECUTE format('REVOKE %I FROM homepage_exporter', m.rolname);
+  END LOOP;
+END
+$members$;
+DO $monitor$
+BEGIN
+  IF NOT pg_has_role('homepage_exporter', 'pg_monitor', 'MEMBER') THEN
+    GRANT pg_monitor TO homepage_exporter;
+  END IF;
+END
+$monitor$;
 
--- Read every CMS table, and see every row through row level security with a
--- SELECT-only policy for this role (no BYPASSRLS: Supabase does not hand that out).
-SELECT format('GRANT SELECT ON %I.%I TO homepage_exporter', schemaname, tablename)
-FROM pg_tables
-WHERE schemaname = 'public'
-  AND (tablename LIKE 'homepage%' OR tablename LIKE 'section%' OR tablename LIKE 'media%')
-\gexec
-SELECT format('DROP POLICY IF EXISTS homepage_exporter_read ON %I.%I', schemaname, tablename),
-       format('CREATE POLICY homepage_exporter_read ON %I.%I FOR SELECT TO homepage_exporter '
-              'USING (true)', schemaname, tablename)
-FROM pg_tables
-WHERE schemaname = 'public'
-  AND (tablename LIKE 'homepage%' OR tablename LIKE 'section%' OR tablename LIKE 'media%')
-\gexec
+-- CONNECT and USAGE on public usually come through PUBLIC; granted only where they do not.
+DO $db$
+BEGIN
+  IF NOT has_database_privilege('homepage_exporter', current_database(), 'CONNECT') THEN
+    EXECUTE format('GRANT CONNECT ON DATABASE %I TO homepage_exporter', current_database());
+  END IF;
+  IF NOT has_schema_privilege('homepage_exporter', 'public', 'USAGE') THEN
+    GRANT USAGE ON SCHEMA public TO homepage_exporter;
+  END IF;
+END
+$db$;
 
--- The P1 triage runs one query as `anon` (SET LOCAL ROLE inside a read-only transaction).
-GRANT anon TO homepage_exporter;
-GRANT EXECUTE ON FUNCTION public.get_homepage_content(text) TO homepage_exporter;
+-- 2. The CMS tables: SELECT, and a SELECT-only policy so row level security shows every row ----
+DO $tables$
+DECLARE
+  t record;
+BEGIN
+  FOR t IN
+    SELECT c.oid::regclass AS rel FROM pg_class c
+    WHERE c.relnamespace = 'public'::regnamespace AND c.relkind IN ('r', 'p')
+      AND (c.relname LIKE 'homepage%' OR c.relname LIKE 'section%' OR c.relname LIKE 'media%')
+  LOOP
+    EXECUTE format('REVOKE ALL ON %s FROM homepage_exporter', t.rel);
+    EXECUTE format('GRANT SELECT ON %s TO homepage_exporter', t.rel);
+    EXECUTE format('DROP POLICY IF EXISTS homepage_exporter_read ON %s', t.rel);
+    EXECUTE format('CREATE POLICY homepage_exporter_read ON %s AS PERMISSIVE FOR SELECT'
+                   ' TO homepage_exporter USING (true)', t.rel);
+  END LOOP;
+END
+$tables$;
 
--- pg_cron's tables carry their own policies (a user sees only its own jobs and runs).
-SELECT EXISTS (SELECT FROM pg_extension WHERE extname = 'pg_cron') AS has_cron
-\gset
-\if :has_cron
-  GRANT USAGE ON SCHEMA cron TO homepage_exporter;
-  GRANT SELECT ON cron.job, cron.job_run_details TO homepage_exporter;
-  DROP POLICY IF EXISTS homepage_exporter_read ON cron.job;
-  CREATE POLICY homepage_exporter_read ON cron.job FOR SELECT TO homepage_exporter USING (true);
-  DROP POLICY IF EXISTS homepage_exporter_read ON cron.job_run_details;
-  CREATE POLICY homepage_exporter_read ON cron.job_run_details
-    FOR SELECT TO homepage_exporter USING (true);
-\endif
+-- 3. The exporter's own schema -------------------------------------------------------------------
+CREATE SCHEMA IF NOT EXISTS homepage_exporter;
+REVOKE ALL ON SCHEMA homepage_exporter FROM PUBLIC;
+GRANT USAGE ON SCHEMA homepage_exporter TO homepage_exporter;
+
+-- pg_cron: views over its tables, without `command` (job commands can carry secrets).
+DO $cron$
+BEGIN
+  -- Leftovers of older versions: schema access and our own policies on pg_cron's tables.
+  IF EXISTS (SELECT FROM pg_namespace WHERE nspname = 'cron') THEN
+    IF has_schema_privilege('homepage_exporter', 'cron', 'USAGE') THEN
+      EXECUTE 'REVOKE ALL ON SCHEMA cron FROM homepage_exporter';
+    END IF;
+    IF EXISTS (SELECT FROM pg_policies WHERE schemaname = 'cron'
+               AND policyname = 'homepage_exporter_read') THEN
+      BEGIN
+        EXECUTE 'DROP POLICY IF EXISTS homepage_exporter_read ON cron.job';
+        EXECUTE 'DROP POLICY IF EXISTS homepage_exporter_read ON cron.job_run_details';
+      EXCEPTION WHEN insufficient_privilege THEN
+        RAISE NOTICE 'left policy homepage_exporter_read on pg_cron''s tables: only their owner can drop it, and it is harmless without USAGE on schema cron';
+      END;
+    END IF;
+  END IF;
+  IF NOT EXISTS (SELECT FROM pg_extension WHERE extname = 'pg_cron') THEN
+    RAISE NOTICE 'pg_cron is not installed: no cron views (run this script again after installing it)';
+    RETURN;
+  END IF;
+  IF NOT (SELECT rolsuper OR rolbypassrls FROM pg_roles WHERE rolname = current_user) THEN
+    RAISE WARNING 'role % bypasses no row level security: the cron views will show only its own jobs', current_user;
+  END IF;
+  EXECUTE $v$
+    CREATE OR REPLACE VIEW homepage_exporter.cron_job AS
+    SELECT jobid, jobname::text AS jobname, schedule, active, database, username
+    FROM cron.job
+  $v$;
+  EXECUTE $v$
+    CREATE OR REPLACE VIEW homepage_exporter.cron_job_run_details AS
+    SELECT runid, jobid, database, username, status,
+           left(return_message, 200) AS return_message, start_time, end_time
+    FROM cron.job_run_details
+  $v$;
+  EXECUTE 'REVOKE ALL ON homepage_exporter.cron_job, homepage_exporter.cron_job_run_details FROM PUBLIC';
+  EXECUTE 'GRANT SELECT ON homepage_exporter.cron_job, homepage_exporter.cron_job_run_details TO homepage_exporter';
+END
+$cron$;
+
+-- pg_stat_statements, wherever CREATE EXTENSION put it (PostgreSQL 13+ column names).
+DO $statements$
+DECLARE
+  ext_schema name;
+BEGIN
+  SELECT n.nspname INTO ext_schema FROM pg_extension e
+  JOIN pg_namespace n ON n.oid = e.extnamespace WHERE e.extname = 'pg_stat_statements';
+  IF ext_schema IS NULL OR current_setting('server_version_num')::int < 130000 THEN
+    RAISE NOTICE 'pg_stat_statements is not installed (or PostgreSQL < 13): no statements view';
+    RETURN;
+  END IF;
+  EXECUTE format($v$
+    CREATE OR REPLACE VIEW homepage_exporter.pg_stat_statements AS
+    SELECT userid, dbid, queryid, query, calls, total_exec_time, max_exec_time, rows
+    FROM %I.pg_stat_statements
+  $v$, ext_schema);
+  EXECUTE 'REVOKE ALL ON homepage_exporter.pg_stat_statements FROM PUBLIC';
+  EXECUTE 'GRANT SELECT ON homepage_exporter.pg_stat_statements TO homepage_exporter';
+END
+$statements$;
+
+-- 4. What the public sees: probes that run with `anon`'s rights --------------------------------
+-- Render time covers every column of every row (each row is turned into text), so an
+-- inlinable get_homepage_content() cannot be reduced to a count by the planner.
+CREATE OR REPLACE FUNCTION homepage_exporter.render_as_anon(p_locales text[])
+RETURNS TABLE (locale text, render_seconds double precision, sections bigint, bytes bigint)
+LANGUAGE plpgsql STABLE SECURITY DEFINER
+SET search_path = public, extensions, pg_temp
+AS $fn$
+DECLARE
+  started timestamptz;
+BEGIN
+  FOR locale IN SELECT DISTINCT l FROM unnest(p_locales) AS l ORDER BY 1 LOOP
+    started := clock_timestamp();
+    SELECT count(*), coalesce(sum(octet_length(c::text)), 0) INTO sections, bytes
+    FROM public.get_homepage_content(locale) AS c;
+    render_seconds := extract(epoch FROM clock_timestamp() - started);
+    RETURN NEXT;
+  END LOOP;
+END
+$fn$;
+
+CREATE OR REPLACE FUNCTION homepage_exporter.sections_visible_to_anon(p_locales text[])
+RETURNS TABLE (locale text, visible bigint)
+LANGUAGE sql STABLE SECURITY DEFINER
+SET search_path = public, extensions, pg_temp
+AS $fn$
+  SELECT l.locale, count(hs.locale)
+  FROM (SELECT DISTINCT unnest(p_locales)) AS l(locale)
+  LEFT JOIN public.homepage_sections hs ON hs.locale = l.locale
+  GROUP BY l.locale
+$fn$;
+
+DO $probes$
+DECLARE
+  fn regprocedure;
+BEGIN
+  FOREACH fn IN ARRAY ARRAY['homepage_exporter.render_as_anon(text[])'::regprocedure,
+                            'homepage_exporter.sections_visible_to_anon(text[])'::regprocedure]
+  LOOP
+    EXECUTE format('REVOKE ALL ON FUNCTION %s FROM PUBLIC', fn);
+    IF EXISTS (SELECT FROM pg_roles WHERE rolname = 'anon') THEN
+      -- A new owner needs CREATE on the schema; granted for this statement only.
+      GRANT CREATE ON SCHEMA homepage_exporter TO anon;
+      EXECUTE format('ALTER FUNCTION %s OWNER TO anon', fn);
+      REVOKE CREATE ON SCHEMA homepage_exporter FROM anon;
+    ELSE
+      RAISE WARNING 'no role anon: % runs with %''s rights, not the public''s', fn, current_user;
+    END IF;
+    EXECUTE format('GRANT EXECUTE ON FUNCTION %s TO homepage_exporter', fn);
+  END LOOP;
+  -- Older versions granted EXECUTE on the render function directly.
+  IF to_regprocedure('public.get_homepage_content(text)') IS NOT NULL THEN
+    REVOKE ALL ON FUNCTION public.get_homepage_content(text) FROM homepage_exporter;
+  END IF;
+END
+$probes$;
+
+COMMIT;

@@ -107,6 +107,11 @@ CREATE INDEX IF NOT EXISTS idx_section_schedules_pending
 CREATE INDEX IF NOT EXISTS idx_section_products_section ON section_products (section_id);
 CREATE INDEX IF NOT EXISTS idx_section_categories_section ON section_categories (section_id);
 CREATE INDEX IF NOT EXISTS idx_media_assets_created ON media_assets (created_at);
+-- Every foreign key has an index (Supabase's advisor lint 0001): deletes of a section or a
+-- version would otherwise scan these tables.
+CREATE INDEX IF NOT EXISTS idx_homepage_sections_published_version
+  ON homepage_sections (published_version_id);
+CREATE INDEX IF NOT EXISTS idx_section_schedules_section ON section_schedules (section_id);
 
 -- Everything the public homepage shows for one locale, in display order.
 CREATE OR REPLACE FUNCTION get_homepage_content(p_locale text)
@@ -115,7 +120,7 @@ RETURNS TABLE (
   version_number integer, content jsonb, products jsonb, categories jsonb
 )
 LANGUAGE sql STABLE SECURITY INVOKER
-SET search_path = public
+SET search_path = public, pg_temp
 AS $$
   SELECT hs.id, hs.section_key, hs.section_type, hs.display_order,
          sv.version_number, sv.content,
@@ -132,7 +137,7 @@ $$;
 CREATE OR REPLACE FUNCTION publish_section_version(p_section_id uuid, p_version_id uuid)
 RETURNS TABLE (section_id uuid, version_id uuid, version_number integer)
 LANGUAGE plpgsql SECURITY DEFINER
-SET search_path = public
+SET search_path = public, pg_temp
 AS $$
 DECLARE
   v_number integer;
@@ -155,7 +160,7 @@ $$;
 CREATE OR REPLACE FUNCTION revert_section_to_version(p_section_id uuid, p_version_id uuid)
 RETURNS TABLE (section_id uuid, new_version_id uuid, version_number integer)
 LANGUAGE plpgsql SECURITY DEFINER
-SET search_path = public
+SET search_path = public, pg_temp
 AS $$
 DECLARE
   v_content jsonb;
@@ -181,7 +186,7 @@ $$;
 CREATE OR REPLACE FUNCTION process_scheduled_publishes()
 RETURNS TABLE (section_id uuid, version_id uuid, action text)
 LANGUAGE plpgsql SECURITY DEFINER
-SET search_path = public
+SET search_path = public, pg_temp
 AS $$
 DECLARE
   s record;
@@ -236,9 +241,32 @@ CREATE POLICY "Section categories viewable by everyone" ON section_categories
 DROP POLICY IF EXISTS "Media viewable by everyone" ON media_assets;
 CREATE POLICY "Media viewable by everyone" ON media_assets FOR SELECT USING (true);
 
+-- Schedules and the archive are private: only the service role (which bypasses RLS) and the
+-- SECURITY DEFINER functions touch them. An explicit policy says so (advisor lint 0008).
+DROP POLICY IF EXISTS "Service role manages schedules" ON section_schedules;
+CREATE POLICY "Service role manages schedules" ON section_schedules
+  FOR ALL TO service_role USING (true) WITH CHECK (true);
+DROP POLICY IF EXISTS "Service role manages the archive" ON section_versions_archive;
+CREATE POLICY "Service role manages the archive" ON section_versions_archive
+  FOR ALL TO service_role USING (true) WITH CHECK (true);
+
+-- Privileges. On Supabase, default privileges give anon, authenticated and service_role ALL on
+-- every table and EXECUTE on every function `postgres` creates in public, relying on RLS. RLS
+-- does not cover TRUNCATE (nor REFERENCES, TRIGGER), and a SECURITY DEFINER function bypasses
+-- it: so take everything back and grant only what the public API needs.
+REVOKE ALL ON homepage_sections, section_versions, section_versions_archive, section_schedules,
+  section_products, section_categories, media_assets FROM PUBLIC, anon, authenticated;
 GRANT USAGE ON SCHEMA public TO anon, authenticated, service_role;
 GRANT SELECT ON homepage_sections, section_versions, section_products, section_categories,
   media_assets TO anon, authenticated;
 GRANT ALL ON homepage_sections, section_versions, section_versions_archive, section_schedules,
   section_products, section_categories, media_assets TO service_role;
+
+REVOKE ALL ON FUNCTION get_homepage_content(text) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION get_homepage_content(text) TO anon, authenticated, service_role;
+-- The writers publish to the live homepage: the service role (and the owner, pg_cron's job) only.
+-- Executable by anon they would be callable by anyone through the REST API's /rpc.
+REVOKE ALL ON FUNCTION publish_section_version(uuid, uuid), revert_section_to_version(uuid, uuid),
+  process_scheduled_publishes() FROM PUBLIC, anon, authenticated;
+GRANT EXECUTE ON FUNCTION publish_section_version(uuid, uuid), revert_section_to_version(uuid, uuid),
+  process_scheduled_publishes() TO service_role;
