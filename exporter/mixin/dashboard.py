@@ -471,15 +471,104 @@ ALERT_NAMES_REGEX = (
 
 
 def dashboard(t: Thresholds) -> dict[str, Any]:
+    return _board(
+        uid=UID,
+        title="Homepage CMS",
+        description="The Homepage CMS runbook as a dashboard: is the homepage OK, publishing,"
+        " growth, media, database health, pg_cron and the exporter.",
+        rows=_rows(t),
+        jobs="label_values(homepage_exporter_build_info, job)",
+        instances=INSTANCES,
+        alerts=ALERT_NAMES_REGEX,
+        runbook_url=t.runbook_url,
+    )
+
+
+# Supabase's Metrics API (job `supabase` in deploy/prometheus.yml); thresholds as in
+# alerts/supabase-platform.rules.yml, the runbook's vertical-scaling triggers.
+PLATFORM_UID = "homepage-cms-supabase"
+PLATFORM_SEL = 'job=~"$job", instance=~"$instance"'
+
+
+def _platform_rows() -> list[tuple[str, list[Panel]]]:
+    cpu = (
+        "1 - avg without (cpu, mode) "
+        f'(rate(node_cpu_seconds_total{{{PLATFORM_SEL}, mode="idle"}}[5m]))'
+    )
+    memory = (
+        f"1 - node_memory_MemAvailable_bytes{{{PLATFORM_SEL}}}"
+        f" / node_memory_MemTotal_bytes{{{PLATFORM_SEL}}}"
+    )
+    disk = (
+        f'1 - node_filesystem_avail_bytes{{{PLATFORM_SEL}, mountpoint="/data"}}'
+        f' / node_filesystem_size_bytes{{{PLATFORM_SEL}, mountpoint="/data"}}'
+    )
+    connections = f"sum without (server) (pg_stat_database_num_backends{{{PLATFORM_SEL}}})"
+    return [
+        (
+            "Vertical scaling triggers (Supabase Metrics API)",
+            [
+                Panel("CPU busy", [(cpu, "{{instance}}")], "percentunit", width=6,
+                      thresholds=rising(0.7), runbook="SupabaseCPUHigh",
+                      description="Upgrade when above 70 % for an hour (runbook)."),
+                Panel("Memory used", [(memory, "{{instance}}")], "percentunit", width=6,
+                      thresholds=rising(0.8), runbook="SupabaseMemoryHigh"),
+                Panel("Data disk used", [(disk, "{{instance}}")], "percentunit", width=6,
+                      thresholds=rising(0.8, 0.9), runbook="SupabaseDiskHigh"),
+                Panel("Connections", [(connections, "{{instance}}")], "short", width=6,
+                      thresholds=rising(100, 500), runbook="SupabaseConnectionsHigh",
+                      description="Medium above 100, Large above 500 (runbook)."),
+            ],
+        ),
+        (
+            "Metrics API",
+            [
+                Panel("Metrics API reachable", [(f"up{{{PLATFORM_SEL}}}", "{{instance}}")],
+                      "short", kind="stat", width=6, height=5,
+                      thresholds=steps((None, RED), (1, GREEN)),
+                      runbook="SupabaseMetricsUnavailable"),
+                Panel("Postgres up (Supabase's own exporter)",
+                      [(f"pg_up{{{PLATFORM_SEL}}}", "{{instance}}")], "short", kind="stat",
+                      width=6, height=5, thresholds=steps((None, RED), (1, GREEN))),
+            ],
+        ),
+    ]  # fmt: skip
+
+
+def platform_dashboard(t: Thresholds) -> dict[str, Any]:
+    return _board(
+        uid=PLATFORM_UID,
+        title="Homepage CMS: Supabase platform",
+        description="CPU, memory, disk and connections of the Supabase project, from its"
+        " Metrics API: the runbook's vertical-scaling triggers.",
+        rows=_platform_rows(),
+        jobs='label_values(up{job="supabase"}, job)',
+        instances='label_values(up{job=~"$job"}, instance)',
+        alerts="Supabase.*",
+        runbook_url=t.runbook_url,
+    )
+
+
+def _board(
+    *,
+    uid: str,
+    title: str,
+    description: str,
+    rows: list[tuple[str, list[Panel]]],
+    jobs: str,
+    instances: str,
+    alerts: str,
+    runbook_url: str,
+) -> dict[str, Any]:
     panels: list[dict[str, Any]] = []
     next_id = 1
     y = 0
-    for title, row in _rows(t):
+    for title_, row in rows:
         panels.append(
             {
                 "id": next_id,
                 "type": "row",
-                "title": title,
+                "title": title_,
                 "collapsed": False,
                 "gridPos": {"h": 1, "w": 24, "x": 0, "y": y},
                 "panels": [],
@@ -491,16 +580,15 @@ def dashboard(t: Thresholds) -> dict[str, Any]:
         for panel in row:
             if x + panel.width > 24:
                 x, y, row_height = 0, y + row_height, 0
-            panels.append(panel.build(next_id, x, y, t.runbook_url))
+            panels.append(panel.build(next_id, x, y, runbook_url))
             next_id += 1
             x += panel.width
             row_height = max(row_height, panel.height)
         y += row_height
     return {
-        "uid": UID,
-        "title": "Homepage CMS",
-        "description": "The Homepage CMS runbook as a dashboard: is the homepage OK, publishing,"
-        " growth, media, database health, pg_cron and the exporter.",
+        "uid": uid,
+        "title": title,
+        "description": description,
         "tags": ["homepage-cms", "postgresql", "supabase"],
         "timezone": "utc",
         "editable": True,
@@ -513,7 +601,7 @@ def dashboard(t: Thresholds) -> dict[str, Any]:
             {
                 "title": "Runbook",
                 "type": "link",
-                "url": t.runbook_url,
+                "url": runbook_url,
                 "targetBlank": True,
                 "icon": "doc",
             }
@@ -525,7 +613,7 @@ def dashboard(t: Thresholds) -> dict[str, Any]:
                     "datasource": DATASOURCE,
                     "enable": True,
                     "iconColor": "red",
-                    "expr": f'ALERTS{{alertstate="firing", alertname=~"{ALERT_NAMES_REGEX}"}}',
+                    "expr": f'ALERTS{{alertstate="firing", alertname=~"{alerts}"}}',
                     "step": "60s",
                     "titleFormat": "{{alertname}}",
                     "textFormat": "{{severity}} {{locale}}{{table}}{{jobname}}{{query}}",
@@ -549,11 +637,8 @@ def dashboard(t: Thresholds) -> dict[str, Any]:
                     "label": "Job",
                     "type": "query",
                     "datasource": DATASOURCE,
-                    "query": {
-                        "query": "label_values(homepage_exporter_build_info, job)",
-                        "refId": "job",
-                    },
-                    "definition": "label_values(homepage_exporter_build_info, job)",
+                    "query": {"query": jobs, "refId": "job"},
+                    "definition": jobs,
                     "includeAll": True,
                     "multi": True,
                     "current": {},
@@ -565,11 +650,8 @@ def dashboard(t: Thresholds) -> dict[str, Any]:
                     "label": "Instance",
                     "type": "query",
                     "datasource": DATASOURCE,
-                    "query": {
-                        "query": INSTANCES,
-                        "refId": "instance",
-                    },
-                    "definition": INSTANCES,
+                    "query": {"query": instances, "refId": "instance"},
+                    "definition": instances,
                     "includeAll": True,
                     "multi": True,
                     "current": {},

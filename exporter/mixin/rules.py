@@ -479,6 +479,7 @@ def alerts(t: Thresholds) -> list[Alert]:
             " {{ $value | humanizeDuration }} ago, beyond its staleness window.",
             "exporter",
         ),
+        *advisor_alerts(),
         Alert(
             "HomepageExporterConfigReloadFailed",
             WARNING,
@@ -493,11 +494,106 @@ def alerts(t: Thresholds) -> list[Alert]:
     return out
 
 
+# Supabase's database advisor lints on the CMS's objects (query `security_advisor`):
+# (lint, alert, severity, for, summary, what is wrong with the object and what to do).
+# rls_disabled_in_public has no alert of its own: HomepageTableRLSDisabled pages for it.
+ADVISOR_LINTS: tuple[tuple[str, str, str, str, str, str], ...] = (
+    (
+        "anon_security_definer_function_executable",
+        "HomepageSecurityDefinerExposedToAnon",
+        CRITICAL,
+        "5m",
+        "A SECURITY DEFINER CMS function is executable by anon.",
+        "runs with its owner's rights and bypasses row level security, yet anyone with the"
+        " public anon key can call it through the REST API's /rpc. REVOKE EXECUTE ON FUNCTION"
+        " ... FROM PUBLIC, anon, authenticated; GRANT it to service_role only.",
+    ),
+    (
+        "authenticated_security_definer_function_executable",
+        "HomepageSecurityDefinerExposedToAuthenticated",
+        WARNING,
+        "15m",
+        "A SECURITY DEFINER CMS function is executable by every signed-in user.",
+        "bypasses row level security for any signed-in user of the shop. Revoke EXECUTE from"
+        " authenticated (and PUBLIC) unless every customer may really call it.",
+    ),
+    (
+        "function_search_path_mutable",
+        "HomepageFunctionSearchPathMutable",
+        WARNING,
+        "1h",
+        "A CMS function has no fixed search_path.",
+        "resolves names through the caller's search_path; for a SECURITY DEFINER function a"
+        " caller's object can take the place of a table. ALTER FUNCTION ... SET search_path ="
+        " public, pg_temp.",
+    ),
+    (
+        "policy_exists_rls_disabled",
+        "HomepagePolicyWithoutRLS",
+        WARNING,
+        "15m",
+        "A CMS table has policies but row level security is off.",
+        "has policies that do nothing while row level security is disabled: every row is"
+        " open through the API. ALTER TABLE ... ENABLE ROW LEVEL SECURITY.",
+    ),
+    (
+        "rls_enabled_no_policy",
+        "HomepageRLSWithoutPolicy",
+        WARNING,
+        "15m",
+        "A CMS table has row level security on and no policy.",
+        "returns no rows to anon and authenticated. If the table is private, add an explicit"
+        " policy for the role that uses it; if the homepage reads it, it is blank.",
+    ),
+    (
+        "unindexed_foreign_keys",
+        "HomepageForeignKeyUnindexed",
+        WARNING,
+        "1h",
+        "A CMS foreign key has no index.",
+        "has no index that starts with its columns: deleting or updating a referenced row"
+        " scans the whole table. CREATE INDEX CONCURRENTLY on its columns.",
+    ),
+    (
+        "duplicate_index",
+        "HomepageDuplicateIndex",
+        WARNING,
+        "1h",
+        "A CMS table has identical indexes.",
+        "are identical: every write maintains both. DROP INDEX CONCURRENTLY all but one.",
+    ),
+    (
+        "invalid_index",
+        "HomepageIndexLeftInvalid",
+        WARNING,
+        "1h",
+        "A CMS index is invalid.",
+        "is invalid (a failed CREATE INDEX CONCURRENTLY leaves one): it is maintained but never"
+        " used. REINDEX INDEX CONCURRENTLY, or drop and create it again.",
+    ),
+)
+
+
+def advisor_alerts() -> Iterator[Alert]:
+    for lint, name, severity, for_, summary, what in ADVISOR_LINTS:
+        yield Alert(
+            name,
+            severity,
+            f'homepage_cms_security_finding{{lint="{lint}"}} == 1',
+            for_,
+            summary,
+            "{{ $labels.object }} on {{ $labels.instance }} " + what + " (Supabase advisor lint "
+            f'{lint}; homepage_cms_security_findings{{lint="{lint}"}} counts every offender.)',
+            "security",
+        )
+
+
 GROUP_TITLES = {
     "homepage": "homepage-cms.homepage",
     "publishing": "homepage-cms.publishing",
     "capacity": "homepage-cms.capacity",
     "database": "homepage-cms.database",
+    "security": "homepage-cms.security",
     "exporter": "homepage-cms.exporter",
 }
 
