@@ -155,6 +155,7 @@ def prometheus_config(tmp: Path, rules: Path, exporter_port: int, am_port: int) 
     data["rule_files"] = [str(rules)]
     data["alerting"]["alertmanagers"][0]["static_configs"][0]["targets"] = [f"127.0.0.1:{am_port}"]
     job = data["scrape_configs"][0]
+    data["scrape_configs"] = [job]  # not Supabase's Metrics API: no such host here
     job["scrape_timeout"] = "1s"
     job["static_configs"][0]["targets"] = [f"127.0.0.1:{exporter_port}"]
     path = tmp / "prometheus.yml"
