@@ -3,18 +3,23 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import re
+import shutil
+import tempfile
+import time
 from pathlib import Path
 
 import asyncpg
 import pytest
 
 from exporter.config import load_config
-from exporter.demo.cluster import Cluster
+from exporter.demo.cluster import Cluster, unprivileged_user
+from exporter.demo.database import create_cms_database
 from exporter.settings import SHIPPED_QUERIES
-from tests.conftest import BARE, CMS, SERVERS, Servers
-from tests.harness import wait_for
-from tests.queries_harness import run_named, values
+from tests.conftest import BARE, CMS, SERVERS, Servers, exporter_dsn
+from tests.harness import EXPORTER_PASSWORD, wait_for
+from tests.queries_harness import run_named, shipped, values
 
 
 @pytest.fixture(scope="module", params=SERVERS)
@@ -106,13 +111,73 @@ def test_publish_failures_count_what_process_scheduled_publishes_records(
         database=db,
     )
     v = values(pg, db, "publish_failures")
-    assert v("homepage_publish_failures_total") == 3
+    assert v("homepage_publish_failed_schedules") == 3
     assert v("homepage_publish_failures_last_hour") == 2
+    # The newest failure of the hour is named, its error cut short.
+    (newest,) = v.labels("homepage_publish_failure_newest_info")
+    schedule_id, section, locale, error = newest
+    assert (section, locale) in {("hero", "en"), ("promo", "en")}
+    assert error.startswith("version ")
+    assert "does not belong to section" in error
+    assert len(error) <= 80
+    assert (
+        pg.psql(f"SELECT status FROM section_schedules WHERE id = '{schedule_id}'", database=db)
+        == "failed\n"
+    )
     statuses = values(pg, db, "schedule_statuses")
     assert statuses("homepage_section_schedules", status="completed") == 1
     assert statuses("homepage_section_schedules", status="failed") == 3
     assert statuses("homepage_section_schedules", status="pending") == 0
     assert statuses("homepage_section_schedules", status="cancelled") == 0
+    assert statuses("homepage_section_schedules_processed_7d", status="completed") == 1
+    assert statuses("homepage_section_schedules_processed_7d", status="failed") == 2
+
+
+def test_requeueing_old_failures_lowers_the_failed_gauge_not_the_hourly_count(
+    pg: Cluster, db: str
+) -> None:
+    """docs/runbook.md's fix for failed schedules is to re-queue them: that is no new failure."""
+    pg.psql(
+        SECTIONS
+        + """
+    INSERT INTO section_schedules (section_id, version_id, publish_at, status, processed_at)
+    SELECT id, gen_random_uuid(), now() - interval '1 day', 'failed', now() - interval '20 hours'
+    FROM homepage_sections, generate_series(1, 40) WHERE section_key = 'hero' AND locale = 'en';
+    """,
+        database=db,
+    )
+    before = values(pg, db, "publish_failures")
+    assert before("homepage_publish_failed_schedules") == 40
+    assert before("homepage_publish_failures_last_hour") == 0
+    assert before.labels("homepage_publish_failure_newest_info") == set()
+    pg.psql(
+        "UPDATE section_schedules SET status = 'pending', error_message = NULL,"
+        " publish_at = now() + interval '1 hour', updated_at = now()"
+        " WHERE id = (SELECT id FROM section_schedules LIMIT 1)",
+        database=db,
+    )
+    after = values(pg, db, "publish_failures")
+    assert after("homepage_publish_failed_schedules") == 39
+    assert after("homepage_publish_failures_last_hour") == 0
+
+
+def test_the_oldest_due_schedule_is_named(pg: Cluster, db: str) -> None:
+    pg.psql(
+        SECTIONS
+        + """
+    INSERT INTO section_schedules (id, section_id, version_id, publish_at)
+    SELECT '00000000-0000-0000-0000-0000000000aa', id, gen_random_uuid(), now() - interval '20 minutes'
+    FROM homepage_sections WHERE section_key = 'grid' AND locale = 'en';
+    INSERT INTO section_schedules (section_id, version_id, publish_at)
+    SELECT id, gen_random_uuid(), now() - interval '3 minutes'
+    FROM homepage_sections WHERE section_key = 'hero' AND locale = 'it';
+    """,
+        database=db,
+    )
+    v = values(pg, db, "scheduled_publishes")
+    assert v.labels("homepage_scheduled_publish_oldest_due_info") == {
+        ("00000000-0000-0000-0000-0000000000aa", "grid", "en")
+    }
 
 
 # --- sections and the P1 triage -------------------------------------------------------------------
@@ -128,8 +193,11 @@ def test_sections_per_locale_with_a_kill_switched_and_an_empty_locale(pg: Cluste
     assert v("homepage_sections_inactive", locale="de") == 2
     # A configured locale with no rows reads 0 rather than vanishing.
     assert v("homepage_sections_live", locale="fr") == 0
-    # A locale in the data but not configured is still reported.
+    # A locale in the data but not configured is still reported, as not expected to be live.
     assert v("homepage_sections_live", locale="it") == 1
+    assert v("homepage_locale_expected_live", locale="it") == 0
+    assert v("homepage_locale_expected_live", locale="fr") == 1
+    assert v("homepage_locale_expected_live", locale="en") == 1
 
 
 def test_anon_sees_published_active_sections_only(pg: Cluster, db: str) -> None:
@@ -404,6 +472,41 @@ INSERT INTO media_assets (file_path, file_size, created_at) VALUES
 """
 
 
+def test_media_referenced_in_any_form_is_never_unused(pg: Cluster, db: str) -> None:
+    """Every way a CMS writes a file's address; one old file nobody references."""
+    pg.psql(
+        """
+    INSERT INTO homepage_sections (id, section_key, locale) VALUES
+      ('00000000-0000-0000-0000-000000000001', 'hero', 'en');
+    INSERT INTO section_versions (section_id, version_number, content) VALUES
+      ('00000000-0000-0000-0000-000000000001', 1, jsonb_build_object(
+         'plain', 'homepage/plain.webp',
+         'slash', '/homepage/slash.webp',
+         'object', 'https://x.supabase.co/storage/v1/object/public/media/homepage/object.webp',
+         'render', 'https://x.supabase.co/storage/v1/render/image/public/media/homepage/render.webp?width=800&quality=75',
+         'signed', 'https://x.supabase.co/storage/v1/object/sign/media/homepage/signed.webp?token=abc',
+         'html', '<p>Sale!</p><img src="https://cdn.example.com/homepage/html.webp" alt="x"><img src=''/homepage/html2.webp''>',
+         'css', 'background-image: url(homepage/css.webp), url("homepage/css2.webp")',
+         'srcset', '<img srcset="homepage/small.webp 480w, homepage/large.webp 1080w">',
+         'nested', jsonb_build_object('deep', jsonb_build_array('x', 'homepage/deep.webp'))));
+    INSERT INTO section_versions_archive (id, section_id, version_number, content, created_at)
+    VALUES (gen_random_uuid(), '00000000-0000-0000-0000-000000000001', 0,
+            '{"image": "homepage/archived.webp"}', now() - interval '1 year');
+    INSERT INTO media_assets (file_path, file_size, created_at)
+    SELECT path, 10, now() - interval '200 days'
+    FROM unnest(ARRAY['homepage/plain.webp', '/homepage/slash.webp', 'homepage/object.webp',
+                      'homepage/render.webp', 'homepage/signed.webp', 'homepage/html.webp',
+                      'homepage/html2.webp', 'homepage/css.webp', 'homepage/css2.webp',
+                      'homepage/small.webp', 'homepage/large.webp', 'homepage/deep.webp',
+                      'homepage/archived.webp', 'homepage/orphan.webp']) AS path;
+    """,
+        database=db,
+    )
+    v = values(pg, db, "media_unused")
+    assert v("homepage_media_unused_assets") == 1  # homepage/orphan.webp alone
+    assert v("homepage_media_unused_bytes") == 10
+
+
 def test_media_totals_against_a_quota(pg: Cluster, db: str) -> None:
     pg.psql(MEDIA, database=db)
     v = values(pg, db, "media", media_storage_quota_bytes=4000)
@@ -465,11 +568,30 @@ def test_versions_per_section_and_archive_eligibility(pg: Cluster, db: str) -> N
     assert v("homepage_section_versions_per_section_max") == 55
     a = values(pg, db, "version_archive")
     assert a("homepage_section_versions_archivable") == 4
-    assert approx(
-        a("homepage_section_versions_archivable_oldest_age_seconds"),
-        float(pg.psql("SELECT extract(epoch FROM now() - (now() - interval '7 months'))")),
-        5,
+    # 7 months old, pushed past the newest 50 today: archivable since today, not since
+    # a month ago. The weekly job is not late.
+    backlog = a("homepage_section_versions_archive_backlog_seconds")
+    assert backlog is not None
+    assert backlog < 60
+
+
+def test_archive_backlog_counts_from_when_a_version_became_archivable(pg: Cluster, db: str) -> None:
+    pg.psql(
+        """
+    INSERT INTO homepage_sections (id, section_key, locale) VALUES
+      ('00000000-0000-0000-0000-00000000000a', 'a', 'en');
+    -- 51 versions; the newest 50 were all made 20 days ago, the first one 8 months ago:
+    -- archivable since 20 days, so two weekly runs missed it.
+    INSERT INTO section_versions (section_id, version_number, created_at)
+    SELECT '00000000-0000-0000-0000-00000000000a', g,
+           CASE WHEN g = 1 THEN now() - interval '8 months' ELSE now() - interval '20 days' END
+    FROM generate_series(1, 51) g;
+    """,
+        database=db,
     )
+    a = values(pg, db, "version_archive")
+    assert a("homepage_section_versions_archivable") == 1
+    assert approx(a("homepage_section_versions_archive_backlog_seconds"), 20 * 86400, 5)
 
 
 def test_empty_tables_read_zero(pg: Cluster, db: str) -> None:
@@ -507,7 +629,9 @@ def test_cron_job_last_finished_run_and_a_missing_job(pg: Cluster) -> None:
         assert v("homepage_cron_job_active", jobname=job) == 1
         assert v("homepage_cron_job_last_run_success", jobname=job) == 0
         assert approx(v("homepage_cron_job_last_run_duration_seconds", jobname=job), 7, 0.001)
-        assert v("homepage_cron_job_failed_runs_total", jobname=job) == 1
+        assert v("homepage_cron_job_failed_runs", jobname=job) == 1
+        assert v("homepage_cron_job_failed_runs_last_hour", jobname=job) == 1
+        assert v.labels("homepage_cron_job_last_run_failure_info") == {(job, "ERROR: boom")}
         assert v("homepage_cron_job_running", jobname=job) == 1
         pg.psql("SELECT cron.unschedule('process-scheduled-publishes')", database=CMS)
         gone = values(pg, CMS, "cron_jobs")
@@ -574,6 +698,37 @@ def test_blocked_and_idle_in_transaction_sessions(pg: Cluster, db: str) -> None:
     quiet = values(pg, db, "activity")
     assert quiet("homepage_postgres_blocked_queries") == 0
     assert quiet("homepage_postgres_active_cms_queries") == 0  # our own session is not counted
+
+
+def test_a_query_that_starts_after_our_transaction_is_no_negative_duration(
+    pg: Cluster, db: str
+) -> None:
+    """The activity SQL's transaction starts before it reads pg_stat_activity: a CMS query
+    that starts in between must not read as -0.3 s (now() is the transaction's start)."""
+    sql = shipped("activity").sql
+
+    async def scenario() -> tuple[float, float]:
+        ours = await asyncpg.connect(exporter_dsn(pg, db))
+        other = await asyncpg.connect(pg.url(database=db))
+        try:
+            await ours.execute("BEGIN READ ONLY; SELECT now()")
+            await asyncio.sleep(0.3)
+            running = asyncio.create_task(
+                other.fetch("SELECT count(*), pg_sleep(1.5) FROM homepage_sections")
+            )
+            await asyncio.sleep(0.3)
+            row = await ours.fetchrow(sql)
+            await ours.execute("ROLLBACK")
+            await running
+            assert row is not None
+            return float(row["longest_cms_seconds"]), float(row["oldest_xact_seconds"])
+        finally:
+            await ours.close()
+            await other.close()
+
+    longest, oldest = asyncio.run(scenario())
+    assert 0 <= longest < 1.5
+    assert oldest >= 0
 
 
 def test_statements_use_pg13_columns_and_exclude_our_own(pg: Cluster) -> None:
@@ -698,3 +853,72 @@ def test_each_advisor_lint_fires_on_its_bad_object_only(pg: Cluster, db: str, li
     found = {name: v("homepage_cms_security_findings", lint=name) for name in LINTS}
     assert found == {name: (1 if name in expected else 0) for name in LINTS}
     assert v.labels("homepage_cms_security_finding") == set(expected.items())
+
+
+# --- backup & recovery: WAL archiving -------------------------------------------------------------
+
+
+def test_wal_archiving_progress_failures_and_pending_segments() -> None:
+    """A server that archives (cp to a folder), then one whose archive_command fails."""
+    base = Path(tempfile.mkdtemp(prefix="homepage-pg-archiving-"))
+    base.chmod(0o755)
+    archive = base / "archive"
+    archive.mkdir()
+    cluster = Cluster(
+        base=base / "cluster",
+        preload=(),
+        settings={
+            "archive_mode": "on",
+            "archive_command": f"'cp %p {archive}/%f'",
+            "archive_timeout": "0",
+        },
+    )
+    user = unprivileged_user()
+    if user is not None:
+        os.chown(archive, user.pw_uid, user.pw_gid)
+    try:
+        cluster.init().start()
+        create_cms_database(cluster, CMS, exporter_password=EXPORTER_PASSWORD, extensions=False)
+        cluster.psql("SELECT pg_switch_wal()", database=CMS)
+        wait_for(
+            lambda: cluster.psql("SELECT archived_count FROM pg_stat_archiver").strip() != "0",
+            20,
+            "a segment to be archived",
+        )
+        ok = values(cluster, CMS, "wal_archiving")
+        assert ok("homepage_postgres_wal_archiving_enabled") == 1
+        assert (ok("homepage_postgres_wal_archived_total") or 0) >= 1
+        assert ok("homepage_postgres_wal_archive_failures_total") == 0
+        assert ok("homepage_postgres_wal_segments_pending_archive") == 0
+        last = ok("homepage_postgres_wal_last_archived_timestamp_seconds")
+        assert last is not None
+        assert abs(last - time.time()) < 60
+
+        cluster.psql("ALTER SYSTEM SET archive_command = 'false'")
+        cluster.psql("SELECT pg_reload_conf()")
+        cluster.psql(
+            "CREATE TABLE filler AS SELECT g FROM generate_series(1, 1000) g;"
+            " SELECT pg_switch_wal(); INSERT INTO filler SELECT 1; SELECT pg_switch_wal();",
+            database=CMS,
+        )
+        wait_for(
+            lambda: cluster.psql("SELECT failed_count FROM pg_stat_archiver").strip() != "0",
+            20,
+            "an archive attempt to fail",
+        )
+        failing = values(cluster, CMS, "wal_archiving")
+        assert (failing("homepage_postgres_wal_archive_failures_total") or 0) >= 1
+        assert (failing("homepage_postgres_wal_segments_pending_archive") or 0) >= 1
+        failed_at = failing("homepage_postgres_wal_last_archive_failure_timestamp_seconds")
+        assert failed_at is not None
+        assert failed_at >= last
+    finally:
+        cluster.destroy()
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def test_without_archiving_nothing_is_pending(pg: Cluster, db: str) -> None:
+    v = values(pg, db, "wal_archiving")
+    assert v("homepage_postgres_wal_archiving_enabled") == 0
+    assert v("homepage_postgres_wal_archived_total") == 0
+    assert v("homepage_postgres_wal_segments_pending_archive") is None

@@ -140,7 +140,7 @@ def _rows(t: Thresholds) -> list[tuple[str, list[Panel]]]:
                 ),
                 Panel(
                     "Publish failures, last hour",
-                    [(f"{r.FAILURES_1H}{{{SEL}}}", "failures")],
+                    [(f"homepage_publish_failures_last_hour{{{SEL}}}", "failures")],
                     "none",
                     kind="stat",
                     width=6,
@@ -185,7 +185,7 @@ def _rows(t: Thresholds) -> list[tuple[str, list[Panel]]]:
                 ),
                 Panel(
                     "Publish failures per hour",
-                    [(f"{r.FAILURES_1H}{{{SEL}}}", "failures")],
+                    [(f"homepage_publish_failures_last_hour{{{SEL}}}", "failures")],
                     "none",
                     thresholds=rising(fail.warning, fail.critical),
                     runbook="HighPublishFailureRate",
@@ -288,10 +288,10 @@ def _rows(t: Thresholds) -> list[tuple[str, list[Panel]]]:
                     "none",
                 ),
                 Panel(
-                    "Oldest archivable version",
-                    [(f"homepage_section_versions_archivable_oldest_age_seconds{{{SEL}}}", "age")],
+                    "Longest archivable wait",
+                    [(f"homepage_section_versions_archive_backlog_seconds{{{SEL}}}", "waiting")],
                     "s",
-                    thresholds=rising(t.archive_backlog_age_seconds),
+                    thresholds=rising(t.archive_backlog_seconds),
                     runbook="HomepageVersionArchiveBacklog",
                 ),
             ],

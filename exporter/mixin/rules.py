@@ -12,7 +12,7 @@ WARNING, CRITICAL = "warning", "critical"
 
 # Recording rules shared by alerts and the dashboard.
 CACHE_HIT_RATIO = "homepage:postgres_cache_hit:ratio_rate5m"
-FAILURES_1H = "homepage:publish_failures:increase1h"
+PUBLISH_SUCCESS_7D = "homepage:publish_success:ratio_7d"
 RENDER_P95 = "homepage:render_duration_seconds:p95_1h"
 CMS_TABLES_BYTES = "homepage:cms_table_size_bytes:sum"
 CONNECTIONS_RATIO = "homepage:postgres_connections:ratio"
@@ -22,7 +22,12 @@ TRANSACTIONS_RATE = "homepage:postgres_transactions:rate5m"
 # are evaluated in order, groups concurrently, so an alert in another group could read the
 # previous evaluation's value.
 RECORDING_RULES: tuple[tuple[str, str, str], ...] = (
-    ("publishing", FAILURES_1H, "increase(homepage_publish_failures_total[1h])"),
+    (
+        "publishing",
+        PUBLISH_SUCCESS_7D,
+        'homepage_section_schedules_processed_7d{status="completed"} / ignoring (status)'
+        " (sum without (status) (homepage_section_schedules_processed_7d))",
+    ),
     (
         "capacity",
         RENDER_P95,
@@ -80,6 +85,31 @@ def _g(value: float) -> str:
     return str(int(value)) if float(value).is_integer() else repr(float(value))
 
 
+def _named(info: str, text: str) -> str:
+    """A description fragment from the info series `info` of the same target, if present."""
+    return (
+        "{{ with printf `" + info + '{instance="%s",job="%s"}` $labels.instance $labels.job'
+        " | query }}{{ with . | first }}" + text + "{{ end }}{{ end }}"
+    )
+
+
+OLDEST_DUE = _named(
+    "homepage_scheduled_publish_oldest_due_info",
+    " Oldest: schedule {{ .Labels.oldest_id }} ({{ .Labels.oldest_section }},"
+    " {{ .Labels.oldest_locale }}).",
+)
+NEWEST_FAILURE = _named(
+    "homepage_publish_failure_newest_info",
+    " Newest: schedule {{ .Labels.newest_id }} ({{ .Labels.newest_section }},"
+    " {{ .Labels.newest_locale }}): {{ .Labels.newest_error }}.",
+)
+# Checks whose alerts page: when one is blind its alerts resolve without anything being fixed.
+PAGING_CHECKS = (
+    "homepage_render|anon_visibility|sections|scheduled_publishes|publish_failures|cron_jobs"
+    "|table_rls|wal_archiving"
+)
+
+
 def _tiered(
     name: str,
     group: str,
@@ -115,7 +145,8 @@ def alerts(t: Thresholds) -> list[Alert]:
         Alert(
             "HomepageNoLiveSections",
             CRITICAL,
-            "homepage_sections_live == 0",
+            "homepage_sections_live == 0\n"
+            "and on (instance, job, locale) homepage_locale_expected_live == 1",
             "2m",
             "The homepage has no live sections.",
             "Locale {{ $labels.locale }} on {{ $labels.instance }} has no active, published"
@@ -187,26 +218,27 @@ def alerts(t: Thresholds) -> list[Alert]:
             ("5m", "10m"),
             "Scheduled publishes are delayed.",
             "The oldest due schedule on {{ $labels.instance }} is {{ $value | humanize }}"
-            " minutes behind. Check the process-scheduled-publishes cron job, then run SELECT *"
-            " FROM process_scheduled_publishes() by hand (runbook P2).",
+            " minutes behind." + OLDEST_DUE + " Check the process-scheduled-publishes cron job,"
+            " then run SELECT * FROM process_scheduled_publishes() by hand (runbook P2).",
         ),
         *_tiered(
             "HighPublishFailureRate",
             "publishing",
-            FAILURES_1H,
+            "homepage_publish_failures_last_hour",
             (t.publish_failures_per_hour.warning, t.publish_failures_per_hour.critical),
-            ("5m", "5m"),
+            ("10m", "10m"),
             "Scheduled publishes are failing.",
-            "{{ $value | humanize }} scheduled publishes failed in the last hour on"
-            " {{ $labels.instance }}. Read error_message of the failed rows in"
-            " section_schedules; RLS and a version of the wrong section are the usual causes.",
+            "{{ $value }} scheduled publishes failed in the last hour on {{ $labels.instance }}."
+            + NEWEST_FAILURE
+            + " Read error_message of the failed rows in section_schedules; RLS and a version of"
+            " the wrong section are the usual causes.",
         ),
         Alert(
             "HomepageCronJobInactive",
             WARNING,
-            "homepage_cron_job_active == 0",
+            f'homepage_cron_job_active{{jobname="{t.cms_cron_job}"}} == 0',
             "5m",
-            "A pg_cron job is inactive or missing.",
+            "The CMS's pg_cron job is inactive or missing.",
             "pg_cron job {{ $labels.jobname }} on {{ $labels.instance }} is inactive or gone,"
             " so scheduled publishes will not run. Re-create it with cron.schedule (runbook P2"
             " path A).",
@@ -215,17 +247,19 @@ def alerts(t: Thresholds) -> list[Alert]:
         Alert(
             "HomepageCronJobFailed",
             WARNING,
-            "homepage_cron_job_last_run_success == 0",
+            f'homepage_cron_job_last_run_failure_info{{jobname="{t.cms_cron_job}"}} == 1',
             "0m",
             "The last pg_cron run failed.",
-            "The newest finished run of {{ $labels.jobname }} on {{ $labels.instance }} failed."
-            " Read return_message in cron.job_run_details.",
+            "The newest finished run of {{ $labels.jobname }} on {{ $labels.instance }} failed:"
+            " {{ $labels.message }}. The whole message is return_message in"
+            " cron.job_run_details.",
             "publishing",
         ),
         Alert(
             "HomepageCronJobSlow",
             WARNING,
-            f"homepage_cron_job_last_run_duration_seconds > {_g(t.cron_run_seconds)}",
+            f'homepage_cron_job_last_run_duration_seconds{{jobname="{t.cms_cron_job}"}}'
+            f" > {_g(t.cron_run_seconds)}",
             "0m",
             "A pg_cron run took too long.",
             "The newest run of {{ $labels.jobname }} on {{ $labels.instance }} took"
@@ -237,7 +271,7 @@ def alerts(t: Thresholds) -> list[Alert]:
             "HomepageCronJobNotRunning",
             WARNING,
             "time() - homepage_cron_job_last_run_start_timestamp_seconds"
-            f" > {_g(t.cron_gap_seconds)}"
+            f'{{jobname="{t.cms_cron_job}"}} > {_g(t.cron_gap_seconds)}'
             "\nand on (instance, job, jobname) homepage_cron_job_active == 1",
             "5m",
             "An active pg_cron job has stopped running.",
@@ -332,13 +366,12 @@ def alerts(t: Thresholds) -> list[Alert]:
         Alert(
             "HomepageVersionArchiveBacklog",
             WARNING,
-            "homepage_section_versions_archivable_oldest_age_seconds"
-            f" > {_g(t.archive_backlog_age_seconds)}",
+            f"homepage_section_versions_archive_backlog_seconds > {_g(t.archive_backlog_seconds)}",
             "1h",
             "Old versions are not being archived.",
-            "An archivable version on {{ $labels.instance }} is {{ $value | humanizeDuration }}"
-            " old: the weekly cleanup has not archived for two weeks. Run it by hand and read its"
-            " log.",
+            "A version on {{ $labels.instance }} has been archivable for"
+            " {{ $value | humanizeDuration }}: the weekly cleanup has missed two runs. Run it by"
+            " hand and read its log.",
             "capacity",
         ),
         Alert(
@@ -355,7 +388,9 @@ def alerts(t: Thresholds) -> list[Alert]:
         Alert(
             "HomepageTableBloated",
             WARNING,
-            f"homepage_cms_table_dead_tuple_ratio > {_g(t.dead_tuple_ratio)}",
+            f"homepage_cms_table_dead_tuple_ratio > {_g(t.dead_tuple_ratio)}\n"
+            "and on (instance, job, table)"
+            f" homepage_cms_table_dead_rows > {_g(t.bloat_min_dead_rows)}",
             "30m",
             "A CMS table is bloated.",
             "{{ $value | humanizePercentage }} of the rows in {{ $labels.table }} on"
@@ -479,6 +514,138 @@ def alerts(t: Thresholds) -> list[Alert]:
             " {{ $value | humanizeDuration }} ago, beyond its staleness window.",
             "exporter",
         ),
+        # --- runbook coverage added with the alert-quality review ----------------------------
+        Alert(
+            "HomepagePublishSuccessRateLow",
+            WARNING,
+            f"{PUBLISH_SUCCESS_7D} < {_g(t.publish_success_ratio_7d)}\n"
+            "and on (instance, job) sum without (status)"
+            f" (homepage_section_schedules_processed_7d) >= {_g(t.publish_success_min_7d)}",
+            "1h",
+            "The weekly publish success rate is low.",
+            "Only {{ $value | humanizePercentage }} of the scheduled publishes processed on"
+            " {{ $labels.instance }} in the last 7 days succeeded. Group the failures by"
+            " error_message in section_schedules (weekly checklist).",
+            "publishing",
+        ),
+        Alert(
+            "HomepageMediaQuotaUnset",
+            WARNING,
+            "homepage_media_assets unless on (instance, job) homepage_media_storage_quota_bytes",
+            "1h",
+            "The media storage quota is not configured.",
+            "{{ $labels.instance }} does not know the media quota, so MediaStorageHigh can never"
+            " fire. Set HOMEPAGE_EXPORTER_MEDIA_STORAGE_QUOTA_BYTES to your storage plan's size.",
+            "capacity",
+        ),
+        Alert(
+            "HomepageVersionGrowthHigh",
+            WARNING,
+            "homepage_section_versions_created_30d\n"
+            "/ (homepage_section_versions - homepage_section_versions_created_30d)"
+            f" > {_g(t.version_growth_30d)}\n"
+            "and (homepage_section_versions - homepage_section_versions_created_30d)"
+            f" > {_g(t.version_growth_min_versions)}",
+            "1h",
+            "Section versions grow fast.",
+            "Section versions on {{ $labels.instance }} grew {{ $value | humanizePercentage }}"
+            " in 30 days. Check the archive job and the editors' workflow (runbook capacity:"
+            " version table growth).",
+            "capacity",
+        ),
+        *_tiered(
+            "PostgresDatabaseSizeHigh",
+            "capacity",
+            "homepage_postgres_database_size_bytes",
+            (t.database_size_bytes.warning, t.database_size_bytes.critical),
+            ("1h", "1h"),
+            "The database outgrows its instance size.",
+            "The database on {{ $labels.instance }} holds {{ $value | humanize1024 }}B. The"
+            " runbook moves to Medium above 10 GB and to Large above 50 GB (vertical scaling).",
+        ),
+        *_tiered(
+            "PostgresConnectionCountHigh",
+            "capacity",
+            "homepage_postgres_connections",
+            (t.connections.warning, t.connections.critical),
+            ("15m", "15m"),
+            "Connections outgrow the instance size.",
+            "{{ $value }} connections to the CMS database on {{ $labels.instance }}. The"
+            " runbook moves to Medium above 100 and to Large above 500; check clients use the"
+            " pooler.",
+        ),
+        Alert(
+            "HomepageTableVacuumStale",
+            WARNING,
+            "time() - homepage_cms_table_last_vacuumed_timestamp_seconds"
+            f" > {_g(t.vacuum_age_seconds)}\n"
+            "and on (instance, job, table)"
+            f" homepage_cms_table_dead_rows > {_g(t.bloat_min_dead_rows)}",
+            "1h",
+            "A CMS table has not been vacuumed this week.",
+            "{{ $labels.table }} on {{ $labels.instance }} was last vacuumed"
+            " {{ $value | humanizeDuration }} ago and has dead rows. Run the weekly VACUUM"
+            " ANALYZE and check autovacuum.",
+            "database",
+        ),
+        Alert(
+            "PostgresWALArchiveFailing",
+            CRITICAL,
+            "homepage_postgres_wal_last_archive_failure_timestamp_seconds\n"
+            "> on (instance, job) homepage_postgres_wal_last_archived_timestamp_seconds",
+            "5m",
+            "WAL archiving is failing.",
+            "The last attempt to archive WAL on {{ $labels.instance }} failed and none has"
+            " succeeded since: point-in-time recovery stops at the last archived segment. Read"
+            " the server log for archive_command's error.",
+            "backups",
+        ),
+        Alert(
+            "PostgresWALArchiveBehindRPO",
+            CRITICAL,
+            "homepage_postgres_wal_segments_pending_archive > 0\n"
+            "and on (instance, job) time()"
+            f" - homepage_postgres_wal_last_archived_timestamp_seconds > {_g(t.rpo_seconds)}",
+            "1m",
+            "WAL archiving is behind the RPO.",
+            "{{ $value }} completed WAL segments on {{ $labels.instance }} are not archived and"
+            " nothing was archived for 5 minutes: a restore now would lose more than the RPO"
+            " allows.",
+            "backups",
+        ),
+        Alert(
+            "HomepageBackupTooOld",
+            WARNING,
+            f"time() - homepage_backup_last_success_timestamp_seconds > {_g(t.backup_age_seconds)}",
+            "15m",
+            "The last verified CMS backup is more than a day old.",
+            "The last verified backup recorded on {{ $labels.instance }} finished"
+            " {{ $value | humanizeDuration }} ago. Run scripts/backup-homepage-cms.sh by hand and"
+            " read its output.",
+            "backups",
+        ),
+        Alert(
+            "HomepageBackupFailed",
+            WARNING,
+            "homepage_backup_last_run_timestamp_seconds\n"
+            "> on (instance, job) homepage_backup_last_success_timestamp_seconds",
+            "0m",
+            "The last CMS backup run failed.",
+            "The last backup run recorded on {{ $labels.instance }} did not produce a verified"
+            " dump. Run scripts/backup-homepage-cms.sh by hand and read its output.",
+            "backups",
+        ),
+        Alert(
+            "HomepageCheckBlind",
+            CRITICAL,
+            f'homepage_exporter_query_up{{query=~"{PAGING_CHECKS}"}} == 0',
+            "5m",
+            "A paging check is blind.",
+            "Query {{ $labels.query }} fails on {{ $labels.instance }}: the alerts that depend on"
+            " it cannot fire, and any that were firing have resolved without a fix. Its error is"
+            " in the exporter's log.",
+            "exporter",
+        ),
         *advisor_alerts(),
         Alert(
             "HomepageExporterConfigReloadFailed",
@@ -593,6 +760,7 @@ GROUP_TITLES = {
     "publishing": "homepage-cms.publishing",
     "capacity": "homepage-cms.capacity",
     "database": "homepage-cms.database",
+    "backups": "homepage-cms.backups",
     "security": "homepage-cms.security",
     "exporter": "homepage-cms.exporter",
 }

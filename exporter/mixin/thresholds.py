@@ -40,7 +40,18 @@ class Thresholds(BaseModel):
     dead_tuple_ratio: float = Field(gt=0, le=1)
     cache_hit_ratio: float = Field(gt=0, le=1)
     statistics_age_seconds: float = Field(gt=0)
-    archive_backlog_age_seconds: float = Field(gt=0)
+    archive_backlog_seconds: float = Field(gt=0)
+    cms_cron_job: str = Field(min_length=1)
+    bloat_min_dead_rows: float = Field(ge=0)
+    database_size_bytes: Tiers
+    connections: Tiers
+    publish_success_ratio_7d: float = Field(gt=0, le=1)
+    publish_success_min_7d: float = Field(ge=0)
+    version_growth_30d: float = Field(gt=0)
+    version_growth_min_versions: float = Field(ge=0)
+    vacuum_age_seconds: float = Field(gt=0)
+    backup_age_seconds: float = Field(gt=0)
+    rpo_seconds: float = Field(gt=0)
 
 
 def load_thresholds(path: Path) -> Thresholds:
