@@ -1,7 +1,7 @@
 """Equivalent configurations of our queries for the peers: postgres_exporter and query-exporter.
 
-Neither peer can bind parameters from settings or switch role, so `$1` becomes a literal
-(the locales, or no media quota) and `role: anon` queries run as the exporter role.
+Neither peer can bind parameters from settings, so `$1` becomes a literal (the locales, or no
+media quota).
 """
 
 from __future__ import annotations

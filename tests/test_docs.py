@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import yaml
+
 from exporter.config import load_config
 from exporter.metricsdoc import render
 from exporter.settings import SHIPPED_QUERIES
@@ -27,3 +29,13 @@ def test_every_metric_is_documented() -> None:
 
 def test_the_package_queries_file_is_the_top_level_one() -> None:
     assert SHIPPED_QUERIES.read_text() == (ROOT / "queries.yaml").read_text()
+
+
+def test_the_readme_counts_the_shipped_rules() -> None:
+    rules = yaml.safe_load((ROOT / "alerts" / "homepage-cms.rules.yml").read_text())["groups"]
+    alerting = [r for g in rules for r in g["rules"] if "alert" in r]
+    recording = [r for g in rules for r in g["rules"] if "record" in r]
+    names = {r["alert"] for r in alerting}
+    readme = (ROOT / "README.md").read_text()
+    stated = f"({len(names)} alerts in {len(alerting)} rules, {len(recording)} recording rules)"
+    assert stated in readme

@@ -215,3 +215,25 @@ def test_every_platform_panel_returns_data_from_a_real_prometheus(tmp_path: Path
     finally:
         server.shutdown()
         server.server_close()
+
+
+@needs_promtool
+def test_the_compose_prometheus_config_loads_with_alerts_mounted_as_compose_mounts_them(
+    tmp_path: Path,
+) -> None:
+    """docker-compose.yml mounts ./alerts (rules and their promtool tests) at /etc/prometheus/rules;
+    Prometheus refused to start when the rule glob picked up the tests."""
+    assert PROMTOOL is not None
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    mounts = compose["services"]["prometheus"]["volumes"]
+    assert "./alerts:/etc/prometheus/rules:ro" in mounts
+    rules_dir = tmp_path / "rules"
+    shutil.copytree(ROOT / "alerts", rules_dir)
+    text = (ROOT / "deploy" / "compose" / "prometheus.yml").read_text()
+    config = tmp_path / "prometheus.yml"
+    config.write_text(text.replace("/etc/prometheus/rules", str(rules_dir)))
+    result = subprocess.run(
+        [PROMTOOL, "check", "config", str(config)], capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "test.yml" not in result.stdout

@@ -254,6 +254,40 @@ def test_render_times_each_locale_separately(pg: Cluster, db: str) -> None:
     assert v("homepage_render_sections", locale="it") == 1
 
 
+def test_render_time_covers_every_column_of_an_inlinable_function(pg: Cluster, db: str) -> None:
+    """A plain LANGUAGE sql STABLE function is inlined: a count(*) over it skips the columns it
+    does not need. Here one column costs 0.1 s a row; the probe must pay for it as the API does."""
+    pg.psql(
+        SECTIONS
+        + """
+    CREATE FUNCTION slow_block(p_id uuid) RETURNS jsonb LANGUAGE plpgsql STABLE AS $$
+    BEGIN PERFORM pg_sleep(0.1); RETURN jsonb_build_object('id', p_id); END $$;
+    GRANT EXECUTE ON FUNCTION slow_block(uuid) TO anon;
+    DROP FUNCTION get_homepage_content(text);
+    CREATE FUNCTION get_homepage_content(p_locale text)
+    RETURNS TABLE (section_id uuid, section_key text, content jsonb)
+    LANGUAGE sql STABLE AS $$
+      SELECT hs.id, hs.section_key, public.slow_block(hs.id) FROM public.homepage_sections hs
+      WHERE hs.locale = p_locale AND hs.is_active AND hs.status = 'published'
+    $$;
+    GRANT EXECUTE ON FUNCTION get_homepage_content(text) TO anon;
+    """,
+        database=db,
+    )
+    # What the old measurement saw: count(*) over the inlined function never calls slow_block.
+    counted = pg.psql(
+        "SELECT extract(epoch FROM clock_timestamp() - s) FROM (SELECT clock_timestamp() AS s) t,"
+        " LATERAL (SELECT count(*) FROM get_homepage_content('en')) c",
+        database=db,
+    )
+    assert float(counted) < 0.1
+    v = values(pg, db, "homepage_render", locales="en")
+    render = v("homepage_render_duration_seconds", locale="en")
+    assert render is not None
+    assert 0.3 <= render < 1.0  # three live sections, 0.1 s each
+    assert (v("homepage_render_bytes", locale="en") or 0) > 100
+
+
 def test_a_missing_render_function_fails_the_query(pg: Cluster, db: str) -> None:
     pg.psql("DROP FUNCTION get_homepage_content(text)", database=db)
     outcome = run_named(pg, db, "homepage_render")

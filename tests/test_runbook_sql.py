@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from exporter.demo.cluster import Cluster, ClusterError
+from tests.conftest import CMS
 from tests.queries_harness import values
 
 CLEANUP = """
@@ -151,3 +152,91 @@ def test_our_weekly_cleanup_script_archives_what_the_metric_counts(pg: Cluster, 
     assert pg.psql("SELECT count(*) FROM section_versions_archive", database=db).strip() == "7"
     assert pg.psql("SELECT count(*) FROM section_versions", database=db).strip() == "53"
     assert values(pg, db, "version_archive")("homepage_section_versions_archivable") == 0
+
+
+def test_dr_step_4_never_lists_the_publishing_function(pg: Cluster, db: str) -> None:
+    """`LIKE '%section%' OR ... LIKE '%homepage%'` cannot match process_scheduled_publishes."""
+    listed = pg.psql(
+        "SELECT routine_name FROM information_schema.routines WHERE routine_schema = 'public'"
+        " AND routine_name LIKE '%section%' OR routine_name LIKE '%homepage%'",
+        database=db,
+    ).split()
+    assert "process_scheduled_publishes" not in listed
+    assert "get_homepage_content" in listed
+
+
+def test_p2_path_a_unschedule_raises_when_the_job_is_missing(pg: Cluster) -> None:
+    if "pg_cron" not in pg.preload:
+        pytest.skip("pg_cron is not available here")
+    with pytest.raises(ClusterError, match="could not find valid entry for job"):
+        pg.psql("SELECT cron.unschedule('no-such-job')", database=CMS)
+    # What docs/runbook.md says instead: a no-op when the job is gone.
+    pg.psql(
+        "SELECT cron.unschedule(jobid) FROM cron.job WHERE jobname = 'no-such-job'", database=CMS
+    )
+
+
+def test_length_counts_characters_not_bytes(pg: Cluster, db: str) -> None:
+    """Capacity 'Version Storage Growth': SUM(LENGTH(content::text)) as total_content_bytes."""
+    pg.psql(
+        "INSERT INTO homepage_sections (id, section_key) VALUES"
+        " ('00000000-0000-0000-0000-000000000001', 'hero');"
+        " INSERT INTO section_versions (section_id, version_number, content) VALUES"
+        " ('00000000-0000-0000-0000-000000000001', 1, jsonb_build_object('t', repeat('ü€', 500)))",
+        database=db,
+    )
+    chars, octets = pg.psql(
+        "SELECT sum(length(content::text)), sum(octet_length(content::text)) FROM section_versions",
+        database=db,
+    ).split("|")
+    assert int(octets) > 2 * int(chars)  # 'ü' is 2 bytes, '€' 3: the runbook undercounts by 2.5x
+
+
+def test_the_kill_switch_undo_turns_on_what_was_off_on_purpose(pg: Cluster, db: str) -> None:
+    pg.psql(
+        "INSERT INTO homepage_sections (section_key, locale, status, is_active) VALUES"
+        " ('hero', 'en', 'published', true), ('xmas-sale', 'en', 'published', false);"
+        # the runbook's kill switch, then its "re-enable"
+        " UPDATE homepage_sections SET is_active = false WHERE locale = 'en';"
+        " UPDATE homepage_sections SET is_active = true WHERE locale = 'en' AND status = 'published';",
+        database=db,
+    )
+    back_on = pg.psql(
+        "SELECT is_active FROM homepage_sections WHERE section_key = 'xmas-sale'", database=db
+    )
+    assert back_on.strip() == "t"  # last year's sale is on the homepage again
+
+
+def test_the_materialized_view_trigger_misses_the_kill_switch(pg: Cluster, db: str) -> None:
+    """The cache refreshes on section_versions only: switching a section off leaves it cached."""
+    pg.psql(
+        """
+    INSERT INTO homepage_sections (id, section_key, locale, status, is_active) VALUES
+      ('00000000-0000-0000-0000-000000000001', 'hero', 'en', 'published', true);
+    CREATE MATERIALIZED VIEW homepage_content_cache AS SELECT * FROM get_homepage_content('en');
+    CREATE UNIQUE INDEX ON homepage_content_cache(section_id);
+    CREATE OR REPLACE FUNCTION refresh_homepage_cache() RETURNS TRIGGER AS $$
+    BEGIN REFRESH MATERIALIZED VIEW CONCURRENTLY homepage_content_cache; RETURN NEW; END;
+    $$ LANGUAGE plpgsql;
+    CREATE TRIGGER refresh_cache_on_publish AFTER INSERT OR UPDATE ON section_versions
+    FOR EACH ROW WHEN (NEW.is_published = true) EXECUTE FUNCTION refresh_homepage_cache();
+    UPDATE homepage_sections SET is_active = false;
+    """,
+        database=db,
+    )
+    assert pg.psql("SELECT count(*) FROM homepage_content_cache", database=db).strip() == "1"
+    assert pg.psql("SELECT count(*) FROM get_homepage_content('en')", database=db).strip() == "0"
+
+
+def test_p2_path_c_makes_a_security_definer_function_with_a_mutable_search_path(
+    pg: Cluster, db: str
+) -> None:
+    """ALTER FUNCTION ... SECURITY DEFINER on a function without SET search_path: the advisor
+    lint function_search_path_mutable catches it."""
+    pg.psql(
+        "ALTER FUNCTION process_scheduled_publishes() RESET search_path;"
+        " ALTER FUNCTION process_scheduled_publishes() SECURITY DEFINER;",
+        database=db,
+    )
+    v = values(pg, db, "security_advisor")
+    assert v("homepage_cms_security_findings", lint="function_search_path_mutable") == 1
