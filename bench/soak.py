@@ -28,16 +28,16 @@ QUERY = """\
   - name: {name}
     help: Soak query.
     sql: {sql}
-    interval: 50ms
-    timeout: 50ms
-    stale_after: 150ms
+    interval: 1s
+    timeout: 500ms
+    stale_after: 3s
     metrics:
       - {{name: soak_{name}, help: Soak., value: v, labels: [k]}}
 """
 QUERIES = {
     **{
         f"ok{i}": f"SELECT g AS v, 'k' || g AS k FROM generate_series(1, {10 * (i + 1)}) g"
-        for i in range(6)
+        for i in range(60)  # the interval floor is 1 s: many queries make many cycles
     },
     "flaky": "SELECT 1 / (random() > 0.4)::int AS v, 'x' AS k",
     "slow": "SELECT 1 AS v, 'x' AS k FROM pg_sleep(CASE WHEN random() < 0.3 THEN 0.2 ELSE 0 END)",

@@ -23,6 +23,8 @@ from exporter.schema import MetricType, Param, QueriesFile, QuerySpec
 MAX_FILE_BYTES = 1 << 20
 DEFAULT_STALE_INTERVALS = 3
 SELF_PREFIX = "homepage_exporter_"
+# Names the process and the exporter export themselves: a query must not shadow them.
+RESERVED_PREFIXES = (SELF_PREFIX, "process_", "python_")
 # Labels Prometheus attaches itself or that carry meaning in the exposition format.
 RESERVED_LABELS = frozenset({"job", "instance", "le", "quantile"})
 
@@ -255,8 +257,12 @@ def _cross_check(spec: QueriesFile) -> Iterator[tuple[Path_, str]]:
 def _check_metric(
     name: str, kind: MetricType, value: str, labels: tuple[str, ...], mpath: Path_
 ) -> Iterator[tuple[Path_, str]]:
-    if name.startswith(SELF_PREFIX):
-        yield (*mpath, "name"), f"names starting with {SELF_PREFIX!r} are the exporter's own"
+    reserved = next((p for p in RESERVED_PREFIXES if name.startswith(p)), None)
+    if reserved is not None:
+        yield (
+            (*mpath, "name"),
+            (f"names starting with {reserved!r} are reserved for the exporter's own metrics"),
+        )
     if kind is MetricType.COUNTER and not name.endswith("_total"):
         yield (*mpath, "name"), f"a counter's name must end in _total, got {name!r}"
     if kind is MetricType.GAUGE and name.endswith("_total"):

@@ -166,11 +166,15 @@ class Database:
             raise RuntimeError("Database used outside its context")
         return self._pool
 
-    async def fetch(self, sql: str, args: Sequence[object], timeout: float) -> Result:
+    async def fetch(
+        self, sql: str, args: Sequence[object], timeout: float, *, max_rows: int | None = None
+    ) -> Result:
         """Run one statement read-only with a server and a client deadline; raise `QueryError`.
 
         The transaction is read-only whatever the role's defaults say: the first statement of
         every run is SET TRANSACTION READ ONLY, so even a role that could write cannot here.
+        With `max_rows`, rows are fetched in batches through a cursor and a result longer than
+        that is cut off as INVALID_RESULT: a runaway query cannot fill memory first.
         """
         started = time.perf_counter()
         try:
@@ -189,7 +193,10 @@ class Database:
                         )
                         # fetch() uses unnamed statements when the cache is off, which
                         # transaction-mode poolers (PgBouncer, Supavisor) route safely.
-                        records = await conn.fetch(sql, *args)
+                        if max_rows is None:
+                            records = await conn.fetch(sql, *args)
+                        else:
+                            records = await _bounded(conn, sql, args, max_rows)
                     finally:
                         if not conn.is_closed():
                             await transaction.rollback()
@@ -223,6 +230,31 @@ class Database:
     def forget_server_info(self) -> None:
         """Drop the cached server facts (after a reconnect the server may be another one)."""
         self._info = None
+
+
+FETCH_BATCH = 1000
+
+
+async def _bounded(
+    conn: asyncpg.Connection | asyncpg.pool.PoolConnectionProxy,
+    sql: str,
+    args: Sequence[object],
+    max_rows: int,
+) -> list[asyncpg.Record]:
+    """At most `max_rows` rows, read FETCH_BATCH at a time inside the open transaction."""
+    cursor = await conn.cursor(sql, *args)
+    records: list[asyncpg.Record] = []
+    while True:
+        wanted = min(FETCH_BATCH, max_rows + 1 - len(records))
+        batch = await cursor.fetch(wanted)
+        records += batch
+        if len(records) > max_rows:
+            raise QueryError(
+                ErrorReason.INVALID_RESULT,
+                f"more than {max_rows} rows (raise max_series or narrow the query)",
+            )
+        if len(batch) < wanted:
+            return records
 
 
 def describe_target(url: str) -> str:

@@ -1,6 +1,10 @@
 """Duration strings ("30s", "5m", "1h30m", "250ms") to seconds and back."""
 
+import math
 import re
+
+# PostgreSQL's statement_timeout and lock_timeout are int milliseconds: 2^31 - 1 ms, 24.8 days.
+MAX_SECONDS = (2**31 - 1) / 1000
 
 _PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
 _SCALE = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
@@ -19,6 +23,8 @@ def parse_duration(text: str) -> float:
         raise ValueError(f'expected a duration like "30s", "5m" or "1h", got {text!r}')
     if total <= 0:
         raise ValueError(f"expected a duration above zero, got {text!r}")
+    if not math.isfinite(total) or total > MAX_SECONDS:
+        raise ValueError(f"expected a duration of at most 24d (PostgreSQL's limit), got {text!r}")
     return total
 
 

@@ -1,46 +1,66 @@
-"""The HTTP side: a small HTTP/1.1 server that hands out pre-rendered /metrics bytes.
+"""The HTTP side: aiohttp serves the pre-rendered pages; a thin guard adds what aiohttp lacks.
 
-The exporter answers GET and HEAD on five paths and never reads a request body, so instead of a
-general web framework it runs one asyncio.Protocol per connection: parse the request head,
-pick the bytes, write them. A scrape costs one parse and one write of bytes that already exist
-(bench/: aiohttp's generic response path spent half its time copying the page per request).
-Keep-alive and pipelining work; oversized heads, bodies and slow clients are cut off.
+aiohttp (its llhttp parser) reads requests, rejects malformed ones (400: bad request lines,
+conflicting Content-Length, NUL or CR in header values...), bounds header lines, fields and
+their count (431), keeps idle keep-alive connections 75 s, pauses reading while pipelined
+requests queue up, and respects the socket's write flow control. The handlers only hand out
+bytes that already exist (`Page.body`).
+
+What aiohttp does not do, `_Guard` (one small protocol wrapped around aiohttp's own, per
+connection) and `ConnectionPool` do, each a few lines and tested by tests/test_hostile.py:
+- a deadline for each request head (slowloris): from the connection or the first byte of a
+  request to the blank line that ends its head, whatever trickles in meanwhile;
+- at most `max_connections` open connections, kept below the file limit; when full, the
+  oldest connection still waiting for a complete head makes room, so an attacker's idle or
+  trickling sockets cannot lock out Prometheus;
+- a bound on the bytes a client may send before its head is complete;
+- reading paused while the socket's send buffer is full (a client that pipelines and never
+  reads stops being read).
+`raise_file_limit` raises the soft RLIMIT_NOFILE to the hard one at start, as Go programs do.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import email.utils
+import ctypes
+import ctypes.util
+import errno
 import html
+import re
+import resource
 import time
-from collections.abc import Callable, Coroutine, Mapping
-from dataclasses import dataclass
+from collections import OrderedDict
+from collections.abc import Callable, Mapping
 from types import TracebackType
 from typing import Any, Self, cast
-from urllib.parse import parse_qs, urlsplit
+
+from aiohttp import web
+from aiohttp.web_protocol import RequestHandler
 
 from exporter import __version__
+from exporter.errors import ConfigError
 from exporter.exposition import OPENMETRICS_CONTENT_TYPE, TEXT_CONTENT_TYPE
+from exporter.logs import get_logger
 from exporter.settings import ListenAddress
 from exporter.snapshot import Store
 from exporter.webconfig import WebConfig
 
 SHUTDOWN_TIMEOUT_SECONDS = 2.0
 MAX_HEAD_BYTES = 16 * 1024
-HEAD_TIMEOUT_SECONDS = 10.0  # a client must send its request head within this (slowloris)
-IDLE_TIMEOUT_SECONDS = 75.0  # keep-alive connections idle longer are closed
-SERVER = f"homepage-cms-exporter/{__version__}".encode()
-REASONS = {
-    200: b"OK",
-    400: b"Bad Request",
-    401: b"Unauthorized",
-    404: b"Not Found",
-    405: b"Method Not Allowed",
-    413: b"Content Too Large",
-    431: b"Request Header Fields Too Large",
-    503: b"Service Unavailable",
-}
+HEAD_TIMEOUT_SECONDS = 10.0  # a request head must be complete this long after it started
+IDLE_TIMEOUT_SECONDS = 75.0  # keep-alive connections idle longer are closed (aiohttp)
+FILES_RESERVED = 64  # for the database pool, logs, the config files
+MAX_CONNECTIONS = 1024  # Prometheus needs a few; the rest of a flood is evicted, oldest idle first
+WRITE_BUFFER_HIGH = 256 * 1024
+BCRYPT_CONCURRENCY = 2  # password checks at once; the others wait their turn, unread
+SERVER = f"homepage-cms-exporter/{__version__}"
+# RFC 9112 request-line: method SP request-target SP HTTP-version, the target in origin form
+# (RFC 3986 path and query characters) or "*". aiohttp's parser hangs on some targets ("//[").
+REQUEST_LINE = re.compile(
+    rb"[!#$%&'*+.^_`|~0-9A-Za-z-]{1,16} (?:/[A-Za-z0-9\-._~%!$&'()*+,;=:@/?]*|\*) HTTP/1\.[01]"
+)
+UNAUTHORIZED_HEADERS = {"WWW-Authenticate": 'Basic realm="homepage-cms-exporter"'}
 
 
 def wants_openmetrics(accept: str) -> bool:
@@ -83,182 +103,160 @@ def _landing(metrics_path: str) -> bytes:
     ).encode()
 
 
-@dataclass(frozen=True, slots=True)
-class Request:
-    method: str
-    path: str
-    query: dict[str, list[str]]
-    headers: dict[str, str]  # names lower-cased; a repeated header keeps its last value
-    keep_alive: bool
+def raise_file_limit() -> int:
+    """Raise the soft open-file limit to the hard one (as Go's runtime does); the soft limit."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or hard > soft:
+        target = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
 
 
-@dataclass(frozen=True, slots=True)
-class Response:
-    status: int
-    body: bytes
-    content_type: str = "text/plain; charset=utf-8"
-    headers: tuple[tuple[str, str], ...] = ()
-
-
-class BadRequest(Exception):
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-
-
-def parse_head(head: bytes) -> Request:
-    """A request from its head (request line and headers, without the blank line)."""
+def _malloc_trim() -> Callable[[], object] | None:
+    """glibc's malloc_trim(0), where there is one."""
     try:
-        text = head.decode("latin-1")
-    except UnicodeDecodeError:  # pragma: no cover - latin-1 decodes every byte
-        raise BadRequest(400, "undecodable request") from None
-    line, *lines = text.split("\r\n")
-    parts = line.split(" ")
-    if len(parts) != 3 or not parts[2].startswith("HTTP/1."):
-        raise BadRequest(400, "malformed request line")
-    method, target, version = parts
-    headers: dict[str, str] = {}
-    for header in lines:
-        name, sep, value = header.partition(":")
-        if not sep or not name or name != name.strip():
-            raise BadRequest(400, "malformed header")
-        headers[name.lower()] = value.strip()
-    if headers.get("transfer-encoding") or headers.get("content-length", "0") not in ("", "0"):
-        raise BadRequest(413, "request bodies are not accepted")
-    connection = headers.get("connection", "").lower()
-    keep_alive = "close" not in connection if version == "HTTP/1.1" else "keep-alive" in connection
-    url = urlsplit(target)
-    return Request(method, url.path or "/", parse_qs(url.query), headers, keep_alive)
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        trim = libc.malloc_trim
+    except (OSError, AttributeError):
+        return None
+    return lambda: trim(0)
 
 
-_date_cache: tuple[int, bytes] = (0, b"")
+class ConnectionPool:
+    """Open connections, oldest first, and which of them still wait for a complete head."""
+
+    # Thousands of connections that come and go leave their memory freed but held by the
+    # allocator (glibc keeps free pages in its arenas): RSS would stay up after an attack.
+    # Once a burst has drained, hand the free pages back, once, a second later.
+    TRIM_AFTER = 256
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._open: OrderedDict[_Guard, None] = OrderedDict()
+        self.evicted = 0
+        self._high = 0
+        self._trim = _malloc_trim()
+        self._trim_pending: asyncio.TimerHandle | None = None
+
+    def __len__(self) -> int:
+        return len(self._open)
+
+    def admit(self, guard: _Guard) -> None:
+        while len(self._open) >= self.limit:
+            victim = next((g for g in self._open if g.waiting_for_head), None)
+            if victim is None:
+                victim = next(iter(self._open))  # all busy: the oldest goes
+            self.release(victim)
+            victim.abort()
+            self.evicted += 1
+        self._open[guard] = None
+        self._high = max(self._high, len(self._open))
+
+    def release(self, guard: _Guard) -> None:
+        self._open.pop(guard, None)
+        if self._high >= self.TRIM_AFTER and len(self._open) * 8 < self._high:
+            self._high = len(self._open)
+            if self._trim is not None and self._trim_pending is None:
+                self._trim_pending = asyncio.get_running_loop().call_later(1.0, self._trimmed)
+
+    def _trimmed(self) -> None:
+        self._trim_pending = None
+        if self._trim is not None:
+            self._trim()
+
+    def close_all(self) -> None:
+        for guard in list(self._open):
+            guard.abort()
+        self._open.clear()
 
 
-def _http_date() -> bytes:
-    global _date_cache
-    now = int(time.time())
-    if _date_cache[0] != now:
-        _date_cache = (now, email.utils.formatdate(now, usegmt=True).encode())
-    return _date_cache[1]
+class _Guard(asyncio.Protocol):
+    """aiohttp's protocol for one connection, behind a head deadline and flow control."""
 
-
-def render_head(
-    response: Response, *, length: int, keep_alive: bool, extra: Mapping[str, str]
-) -> bytes:
-    lines = [
-        b"HTTP/1.1 %d %s" % (response.status, REASONS.get(response.status, b"Unknown")),
-        b"Server: " + SERVER,
-        b"Date: " + _http_date(),
-        b"Content-Type: " + response.content_type.encode(),
-        b"Content-Length: %d" % length,
-    ]
-    lines += [f"{k}: {v}".encode("latin-1") for k, v in (*response.headers, *extra.items())]
-    if not keep_alive:
-        lines.append(b"Connection: close")
-    return b"\r\n".join(lines) + b"\r\n\r\n"
-
-
-class _Connection(asyncio.Protocol):
-    """One client connection: requests are answered in order, one at a time."""
-
-    def __init__(self, server: HttpServer) -> None:
-        self._server = server
+    def __init__(self, inner: RequestHandler, pool: ConnectionPool) -> None:
+        self._inner = inner
+        self._pool = pool
         self._transport: asyncio.Transport | None = None
-        self._buffer = bytearray()
-        self._busy = False  # an answer is being computed off the event loop (bcrypt)
         self._timer: asyncio.TimerHandle | None = None
+        self._head = bytearray()  # the request head being received, at most MAX_HEAD_BYTES
+        self.waiting_for_head = True
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports implement asyncio.Transport without subclassing it.
         self._transport = cast(asyncio.Transport, transport)
-        self._server.connections.add(self)
-        self._arm(HEAD_TIMEOUT_SECONDS)
+        self._transport.set_write_buffer_limits(high=WRITE_BUFFER_HIGH)
+        self._pool.admit(self)
+        self._arm()
+        self._inner.connection_made(transport)
 
-    def connection_lost(self, exc: Exception | None) -> None:
-        self._server.connections.discard(self)
+    def _arm(self) -> None:
+        self._disarm()
+        self._timer = asyncio.get_running_loop().call_later(HEAD_TIMEOUT_SECONDS, self.abort)
+
+    def _disarm(self) -> None:
         if self._timer is not None:
             self._timer.cancel()
-        self._transport = None
+            self._timer = None
 
-    def _arm(self, seconds: float) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-        self._timer = asyncio.get_running_loop().call_later(seconds, self.close)
-
-    def close(self) -> None:
+    def abort(self) -> None:
         if self._transport is not None:
-            self._transport.close()
+            self._transport.abort()
 
     def data_received(self, data: bytes) -> None:
-        self._buffer += data
-        if not self._busy:
-            self._process()
-
-    def _process(self) -> None:
-        while self._transport is not None and not self._busy:
-            end = self._buffer.find(b"\r\n\r\n")
+        rest = data
+        while rest:
+            if not self.waiting_for_head:  # bytes after a head start the next one (no bodies)
+                self.waiting_for_head = True
+                self._arm()
+            self._head += rest
+            end = self._head.find(b"\r\n\r\n")
             if end < 0:
-                if len(self._buffer) > MAX_HEAD_BYTES:
-                    self._fail(431, "request head too large")
-                elif self._buffer:
-                    self._arm(HEAD_TIMEOUT_SECONDS)
-                return
+                if len(self._head) > MAX_HEAD_BYTES:
+                    return self._refuse(b"431 Request Header Fields Too Large")
+                break
             if end > MAX_HEAD_BYTES:
-                self._fail(431, "request head too large")
-                return
-            head = bytes(self._buffer[:end])
-            del self._buffer[: end + 4]
-            try:
-                request = parse_head(head)
-            except BadRequest as exc:
-                self._fail(exc.status, str(exc))
-                return
-            answer = self._server.answer(request)
-            if isinstance(answer, Response):
-                self._send(request, answer)
-            else:
-                # Only an uncached password check gets here: answer it off the event loop and
-                # hold later pipelined requests until it is sent.
-                self._busy = True
-                self._server.spawn(self._finish(request, answer))
-        if self._transport is not None and not self._buffer:
-            self._arm(IDLE_TIMEOUT_SECONDS)
+                return self._refuse(b"431 Request Header Fields Too Large")
+            line = bytes(self._head[: self._head.find(b"\r\n")])
+            if not REQUEST_LINE.fullmatch(line):
+                return self._refuse(b"400 Bad Request")
+            rest = bytes(self._head[end + 4 :])
+            self._head.clear()
+            self.waiting_for_head = False
+            self._disarm()
+        self._inner.data_received(data)
+        return None
 
-    async def _finish(self, request: Request, pending: asyncio.Future[Response]) -> None:
-        try:
-            response = await pending
-        finally:
-            self._busy = False
-        self._send(request, response)
+    def _refuse(self, status: bytes) -> None:
+        """Answer a head aiohttp should never see, and hang up."""
         if self._transport is not None:
-            self._process()
+            self._transport.write(
+                b"HTTP/1.1 " + status + b"\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+            )
+            self._transport.close()
 
-    def _send(self, request: Request, response: Response) -> None:
-        transport = self._transport
-        if transport is None:
-            return
-        keep_alive = request.keep_alive and not self._server.closing
-        head = render_head(
-            response,
-            length=len(response.body),
-            keep_alive=keep_alive,
-            extra=self._server.extra_headers,
-        )
-        if request.method == "HEAD":
-            transport.write(head)
-        else:
-            # Two buffers, no join: the page bytes go out without a copy in Python.
-            transport.writelines((head, response.body))
-        if not keep_alive:
-            transport.close()
+    def eof_received(self) -> None:
+        self._inner.eof_received()
 
-    def _fail(self, status: int, message: str) -> None:
-        request = Request("GET", "/", {}, {}, keep_alive=False)
-        self._send(request, Response(status, message.encode() + b"\n"))
+    def pause_writing(self) -> None:
+        self._inner.pause_writing()
+        if self._transport is not None:
+            self._transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        self._inner.resume_writing()
+        if self._transport is not None and not self._transport.is_closing():
+            self._transport.resume_reading()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm()
+        self._pool.release(self)
+        self._transport = None
+        self._inner.connection_lost(exc)
 
 
 class HttpServer:
-    """The exporter's HTTP server, bound for the life of the context."""
+    """The exporter's HTTP server (aiohttp), bound for the life of the context."""
 
     def __init__(
         self,
@@ -268,100 +266,136 @@ class HttpServer:
         ready: Callable[[], bool],
         web_config: WebConfig | None = None,
         probes: Mapping[str, Store] | None = None,
+        max_connections: int | None = None,
     ) -> None:
         self._store = store
         self._listen = listen
         self._ready = ready
         self._web = web_config or WebConfig()
         self._probes = dict(probes or {})
-        self._server: asyncio.Server | None = None
-        self._tasks: set[asyncio.Task[None]] = set()
-        self.connections: set[_Connection] = set()
-        self.closing = False
-        self.extra_headers: Mapping[str, str] = self._web.headers
+        self._runner: web.AppRunner | None = None
+        self._servers: list[asyncio.Server] = []
+        self._bcrypt = asyncio.Semaphore(BCRYPT_CONCURRENCY)
+        files = raise_file_limit()
+        self.pool = ConnectionPool(
+            max_connections or max(16, min(MAX_CONNECTIONS, files - FILES_RESERVED))
+        )
         self.bound: list[str] = []
 
-    def spawn(self, coroutine: Coroutine[Any, Any, None]) -> None:
-        """Run a connection's pending answer; the server owns the task until it ends."""
-        task = asyncio.get_running_loop().create_task(coroutine)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+    # --- handlers -------------------------------------------------------------------------
 
-    def answer(self, request: Request) -> Response | asyncio.Future[Response]:
-        """The response, or a future of it when a password must be checked with bcrypt."""
+    @web.middleware
+    async def _guard(self, request: web.Request, handler: Any) -> web.StreamResponse:
         if request.method not in ("GET", "HEAD"):
-            return Response(405, b"only GET and HEAD\n", headers=(("Allow", "GET, HEAD"),))
+            return _closing(405, "only GET and HEAD\n", {"Allow": "GET, HEAD"})
+        if request.body_exists or "Transfer-Encoding" in request.headers:
+            return _closing(413, "request bodies are not accepted\n")
         if self._web.users and request.path not in self._web.open_paths:
-            authorization = request.headers.get("authorization")
+            authorization = request.headers.get("Authorization")
             if not self._web.is_cached(authorization):
-                loop = asyncio.get_running_loop()
-                checked = loop.run_in_executor(None, self._web.check, authorization)
-                return asyncio.ensure_future(self._after_check(checked, request))
-        return self._route(request)
+                async with self._bcrypt:
+                    ok = await asyncio.get_running_loop().run_in_executor(
+                        None, self._web.check, authorization
+                    )
+                if not ok:
+                    raise web.HTTPUnauthorized(text="unauthorized\n", headers=UNAUTHORIZED_HEADERS)
+        response: web.StreamResponse = await handler(request)
+        return response
 
-    async def _after_check(self, checked: asyncio.Future[bool], request: Request) -> Response:
-        if not await checked:
-            return Response(
-                401,
-                b"unauthorized\n",
-                headers=(("WWW-Authenticate", 'Basic realm="homepage-cms-exporter"'),),
-            )
-        return self._route(request)
+    async def _on_prepare(self, request: web.Request, response: web.StreamResponse) -> None:
+        response.headers["Server"] = SERVER
+        for name, value in self._web.headers.items():
+            response.headers[name] = value
 
-    def _route(self, request: Request) -> Response:
-        path = request.path
-        if path == "/metrics":
-            return self._page(request, self._store)
-        if path == "/probe":
-            return self._probe(request)
-        if path == "/healthz":
-            return Response(200, b"ok\n")
-        if path == "/readyz":
-            if self._ready():
-                return Response(200, b"ready\n")
-            return Response(503, b"database unreachable\n")
-        if path == "/":
-            return Response(200, _landing("/metrics"), "text/html; charset=utf-8")
-        return Response(404, b"not found\n")
+    def _page(self, request: web.Request, store: Store) -> web.Response:
+        om = wants_openmetrics(request.headers.get("Accept", ""))
+        gz = accepts_gzip(request.headers.get("Accept-Encoding", ""))
+        headers = {"Vary": "Accept, Accept-Encoding"}
+        if gz:
+            headers["Content-Encoding"] = "gzip"
+        return web.Response(
+            body=store.page.body(openmetrics=om, gzipped=gz),
+            headers={
+                **headers,
+                "Content-Type": OPENMETRICS_CONTENT_TYPE if om else TEXT_CONTENT_TYPE,
+            },
+        )
 
-    def _probe(self, request: Request) -> Response:
+    async def _metrics(self, request: web.Request) -> web.Response:
+        return self._page(request, self._store)
+
+    async def _probe(self, request: web.Request) -> web.Response:
         """Prometheus's multi-target pattern: /probe?target=NAME serves that target's page."""
         if not self._probes:
-            return Response(404, b"no targets file: scrape /metrics\n")
-        name = request.query.get("target", [""])[-1]
+            return web.Response(status=404, text="no targets file: scrape /metrics\n")
+        name = request.query.get("target", "")
         if not name:
-            return Response(400, b"missing ?target=NAME\n")
+            return web.Response(status=400, text="missing ?target=NAME\n")
         store = self._probes.get(name)
-        if store is None:
-            known = ", ".join(sorted(self._probes))
-            return Response(404, f"unknown target; known: {known}\n".encode())
+        if store is None:  # never list the names: they are the deployment's topology
+            return web.Response(status=404, text="unknown target\n")
         return self._page(request, store)
 
-    def _page(self, request: Request, store: Store) -> Response:
-        om = wants_openmetrics(request.headers.get("accept", ""))
-        gz = accepts_gzip(request.headers.get("accept-encoding", ""))
-        headers: tuple[tuple[str, str], ...] = (("Vary", "Accept, Accept-Encoding"),)
-        if gz:
-            headers += (("Content-Encoding", "gzip"),)
-        return Response(
-            200,
-            store.page.body(openmetrics=om, gzipped=gz),
-            OPENMETRICS_CONTENT_TYPE if om else TEXT_CONTENT_TYPE,
-            headers,
-        )
+    async def _healthz(self, request: web.Request) -> web.Response:
+        return web.Response(text="ok\n")
+
+    async def _readyz(self, request: web.Request) -> web.Response:
+        if self._ready():
+            return web.Response(text="ready\n")
+        return web.Response(status=503, text="database unreachable\n")
+
+    async def _landing(self, request: web.Request) -> web.Response:
+        return web.Response(body=_landing("/metrics"), content_type="text/html", charset="utf-8")
+
+    def _app(self) -> web.Application:
+        app = web.Application(middlewares=[self._guard], client_max_size=1024)
+        app.on_response_prepare.append(self._on_prepare)
+        for path, handler in (
+            ("/metrics", self._metrics),
+            ("/probe", self._probe),
+            ("/healthz", self._healthz),
+            ("/readyz", self._readyz),
+            ("/", self._landing),
+        ):
+            app.router.add_get(path, handler)  # GET routes answer HEAD too
+        return app
+
+    # --- lifecycle ------------------------------------------------------------------------
 
     async def __aenter__(self) -> Self:
+        runner = web.AppRunner(
+            self._app(),
+            access_log=None,
+            keepalive_timeout=IDLE_TIMEOUT_SECONDS,
+            # Above the guard's MAX_HEAD_BYTES, so a too-large head is the guard's 431.
+            max_line_size=2 * MAX_HEAD_BYTES,
+            max_field_size=2 * MAX_HEAD_BYTES,
+            max_headers=64,
+            lingering_time=0,  # no bodies are read: close at once after refusing one
+            shutdown_timeout=SHUTDOWN_TIMEOUT_SECONDS,
+            handle_signals=False,
+        )
+        await runner.setup()
+        self._runner = runner
+        server = runner.server
+        assert server is not None  # set by setup()
         loop = asyncio.get_running_loop()
         host = self._listen.host or None
-        self._server = await loop.create_server(
-            lambda: _Connection(self),
-            host,
-            self._listen.port,
-            reuse_address=True,
-            ssl=self._web.ssl_context,
-            backlog=256,
-        )
-        self.bound = [_format_address(s.getsockname()) for s in self._server.sockets]
+        try:
+            listener = await loop.create_server(
+                lambda: _Guard(server(), self.pool),
+                host,
+                self._listen.port,
+                reuse_address=True,
+                ssl=self._web.ssl_context,
+                backlog=1024,
+            )
+        except OSError as exc:
+            await runner.cleanup()
+            self._runner = None
+            raise ConfigError(_bind_error(self._listen, exc)) from None
+        self._servers.append(listener)
+        self.bound = [_format_address(s.getsockname()) for s in listener.sockets]
         return self
 
     async def __aexit__(
@@ -370,19 +404,39 @@ class HttpServer:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        server, self._server = self._server, None
-        if server is None:
-            return
-        self.closing = True
-        server.close()
-        for connection in list(self.connections):
-            connection.close()
-        for task in list(self._tasks):
-            task.cancel()
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(server.wait_closed(), SHUTDOWN_TIMEOUT_SECONDS)
+        for listener in self._servers:
+            listener.close()
+        self.pool.close_all()
+        for listener in self._servers:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(listener.wait_closed(), SHUTDOWN_TIMEOUT_SECONDS)
+        self._servers.clear()
+        runner, self._runner = self._runner, None
+        if runner is not None:
+            await runner.cleanup()
+
+
+def _closing(status: int, text: str, headers: Mapping[str, str] | None = None) -> web.Response:
+    """An error answer that also ends the connection: what follows it cannot be trusted."""
+    response = web.Response(status=status, text=text, headers=headers)
+    response.force_close()
+    return response
+
+
+def _bind_error(listen: ListenAddress, exc: OSError) -> str:
+    where = f"{listen.host or '*'}:{listen.port}"
+    if exc.errno == errno.EADDRINUSE:
+        return f"cannot listen on {where}: the address is in use (another exporter running?)"
+    if exc.errno == errno.EADDRNOTAVAIL:
+        return f"cannot listen on {where}: no such local address"
+    if exc.errno == errno.EACCES:
+        return f"cannot listen on {where}: permission denied (ports below 1024 need privileges)"
+    return f"cannot listen on {where}: {exc.strerror or exc}"
 
 
 def _format_address(name: tuple[str, int] | tuple[str, int, int, int]) -> str:
     host, port = name[0], name[1]
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+_ = get_logger, time

@@ -84,6 +84,44 @@ class Logger:
         self._log(logging.ERROR, event, fields)
 
 
+class _ClientErrors(logging.Filter):
+    """aiohttp's "Error handling request" records (a traceback each) as one line, at most
+    `per_second` a second: a hostile client must not be able to fill the disk with them."""
+
+    def __init__(self, per_second: int = 10) -> None:
+        super().__init__()
+        self._per_second = per_second
+        self._window = 0
+        self._count = 0
+        self._suppressed = 0
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        now = int(time.monotonic())
+        if now != self._window:
+            self._window, self._count = now, 0
+        self._count += 1
+        if self._count > self._per_second:
+            self._suppressed += 1
+            return False
+        exc = record.exc_info[1] if record.exc_info else None
+        detail = " ".join(str(exc or record.getMessage()).split())[:200]
+        fields: dict[str, object] = {"error": detail or type(exc).__name__}
+        if record.args and isinstance(record.args, tuple):
+            fields["remote"] = record.args[0]
+        if self._suppressed:
+            fields["suppressed_since_last"] = self._suppressed
+            self._suppressed = 0
+        record.msg, record.args, record.exc_info, record.exc_text = (
+            "http_request_rejected",
+            (),
+            None,
+            None,
+        )
+        record.levelno, record.levelname = logging.INFO, "INFO"
+        record.fields = fields
+        return True
+
+
 def get_logger(**fields: object) -> Logger:
     return Logger(logging.getLogger(_ROOT), dict(fields))
 
@@ -100,3 +138,12 @@ def configure(level: LogLevel, fmt: LogFormat, secrets: Iterable[str] = ()) -> N
     root.propagate = False
     for noisy in ("asyncio", "asyncpg"):
         logging.getLogger(noisy).setLevel(logging.ERROR)
+    # aiohttp reports each malformed or hostile request with a traceback: one line instead.
+    client_errors = logging.StreamHandler(sys.stderr)
+    client_errors.setFormatter(_Formatter(fmt))
+    client_errors.addFilter(_ClientErrors())
+    server = logging.getLogger("aiohttp.server")
+    server.handlers[:] = [client_errors]
+    server.setLevel(logging.INFO if level.upper() in ("DEBUG", "INFO") else logging.ERROR)
+    server.propagate = False
+    logging.getLogger("aiohttp.access").disabled = True

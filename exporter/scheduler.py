@@ -65,7 +65,11 @@ async def run_query(db: Database, query: Query, settings: Settings) -> Outcome:
                 return Outcome(query, 0.0, skipped=f"extension:{missing[0]}")
             if query.min_server_version and info.major_version < query.min_server_version:
                 return Outcome(query, 0.0, skipped=f"server_version>={query.min_server_version}")
-        result = await db.fetch(query.sql, query_args(query, settings), query.timeout)
+        # Each row yields at least one series: fetching stops one row past the cap.
+        limit = query.max_series or settings.max_series_per_query
+        result = await db.fetch(
+            query.sql, query_args(query, settings), query.timeout, max_rows=limit
+        )
         # Encoding a large result takes time: a worker thread keeps /metrics answering meanwhile.
         families, fragment = await asyncio.to_thread(
             _map_and_encode, query, result.columns, result.rows, settings.max_series_per_query

@@ -49,14 +49,34 @@ def _no_dunder(name: str) -> str:
     return name
 
 
+# A query more often than once a second is a load test, not monitoring; a timeout under 10 ms
+# cannot even plan a query.
+MIN_INTERVAL_SECONDS = 1.0
+MIN_TIMEOUT_SECONDS = 0.01
+
+
+def _interval(value: float) -> float:
+    if value < MIN_INTERVAL_SECONDS:
+        raise ValueError(f"an interval is at least 1s, got {value * 1000:g}ms")
+    return value
+
+
+def _timeout(value: float) -> float:
+    if value < MIN_TIMEOUT_SECONDS:
+        raise ValueError(f"a timeout is at least 10ms, got {value * 1000:g}ms")
+    return value
+
+
 Duration = Annotated[float, BeforeValidator(_duration)]
+Interval = Annotated[float, BeforeValidator(_duration), AfterValidator(_interval)]
+Timeout = Annotated[float, BeforeValidator(_duration), AfterValidator(_timeout)]
 LabelName = Annotated[StrictStr, Field(pattern=LABEL_NAME), AfterValidator(_no_dunder)]
 NonEmpty = Annotated[StrictStr, Field(min_length=1)]
 
 
 class _Strict(BaseModel):
     # Scalars are strict (no "yes" -> True, no 5 -> "5"); lists still become tuples.
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class MetricSpec(_Strict):
@@ -76,8 +96,8 @@ class QuerySpec(_Strict):
     help: NonEmpty
     needs: tuple[NonEmpty, ...] = ()
     sql: NonEmpty
-    interval: Duration
-    timeout: Duration
+    interval: Interval
+    timeout: Timeout
     stale_after: Duration | None = None
     min_server_version: Annotated[StrictInt, Field(ge=9, le=99)] | None = None
     requires: tuple[Annotated[StrictStr, Field(pattern=r"^[a-z_][a-z0-9_]*$")], ...] = ()

@@ -41,6 +41,8 @@ class LogLevel(StrEnum):
 
 
 def _duration(value: object) -> object:
+    if isinstance(value, float | int) and not isinstance(value, bool):
+        value = f"{value}s"  # a bare number from a flag or a file means seconds, bounded alike
     return parse_duration(value) if isinstance(value, str) else value
 
 
@@ -92,6 +94,7 @@ class Settings(BaseSettings):
         frozen=True,
         populate_by_name=True,
         hide_input_in_errors=True,
+        allow_inf_nan=False,
     )
 
     database_url: SecretStr = Field(
@@ -105,8 +108,10 @@ class Settings(BaseSettings):
     log_format: Annotated[LogFormat, BeforeValidator(_lower)] = LogFormat.LOGFMT
     pool_size: int = Field(default=2, ge=1, le=50)
     statement_cache_size: int = Field(default=0, ge=0, le=10_000)
-    connect_timeout: Annotated[float, BeforeValidator(_duration)] = Field(default=5.0, gt=0)
-    ping_interval: Annotated[float, BeforeValidator(_duration)] = Field(default=10.0, gt=0)
+    connect_timeout: Annotated[float, BeforeValidator(_duration)] = Field(default=5.0, gt=0, le=300)
+    ping_interval: Annotated[float, BeforeValidator(_duration)] = Field(
+        default=10.0, ge=1, le=86400
+    )
     max_series_per_query: int = Field(default=10_000, ge=1)
     web_config_file: Path | None = None
     targets_file: Path | None = None

@@ -50,8 +50,41 @@ class TLSServerConfig(_Strict):
     max_version: Literal["TLS10", "TLS11", "TLS12", "TLS13"] = "TLS13"
 
 
+# The response headers exporter-toolkit lets a web config set, and the values it accepts.
+SECURITY_HEADERS: dict[str, frozenset[str] | None] = {
+    "Content-Security-Policy": None,
+    "X-Frame-Options": frozenset({"deny", "sameorigin"}),
+    "X-Content-Type-Options": frozenset({"nosniff"}),
+    "X-XSS-Protection": None,
+    "Strict-Transport-Security": None,
+}
+
+
 class HTTPServerConfig(_Strict):
     headers: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("headers")
+    @classmethod
+    def _security_headers(cls, headers: dict[str, str]) -> dict[str, str]:
+        known = {name.lower(): name for name in SECURITY_HEADERS}
+        clean: dict[str, str] = {}
+        for name, value in headers.items():
+            canonical = known.get(name.lower())
+            if canonical is None:
+                raise ValueError(
+                    f"header {name!r} cannot be set; allowed: {', '.join(SECURITY_HEADERS)}"
+                )
+            if not value.isascii() or not value.isprintable():
+                raise ValueError(
+                    f"header {canonical}: the value must be printable ASCII on one line"
+                )
+            allowed = SECURITY_HEADERS[canonical]
+            if allowed is not None and value.lower() not in allowed:
+                expected = ", ".join(sorted(allowed))
+                raise ValueError(f"header {canonical}: expected one of {expected}, got {value!r}")
+            if value:  # blank means unset, as in exporter-toolkit
+                clean[canonical] = value
+        return clean
 
 
 class WebConfigFile(_Strict):
@@ -101,10 +134,12 @@ class WebConfig:
 
     def _key(self, authorization: str | None) -> tuple[str, str, bytes, bytes] | None:
         """(user, password, hash, cache key) from a Basic Authorization header, or None."""
-        if not authorization or not authorization.startswith("Basic "):
+        # The scheme is case-insensitive (RFC 9110 11.1), as in Go's net/http.
+        scheme, _, credentials = (authorization or "").strip().partition(" ")
+        if scheme.lower() != "basic" or not credentials or len(credentials) > 1024:
             return None
         try:
-            decoded = base64.b64decode(authorization[6:], validate=True).decode()
+            decoded = base64.b64decode(credentials.strip(), validate=True).decode()
         except (binascii.Error, UnicodeDecodeError):
             return None
         user, sep, password = decoded.partition(":")
@@ -137,7 +172,9 @@ class WebConfig:
         with self._lock:
             if key in self._verified:
                 return True
-        ok = bcrypt.checkpw(password.encode(), hashed) and user in self.users
+        secret = password.encode()
+        # bcrypt reads at most 72 bytes and bcrypt>=5 refuses more: no such password can match.
+        ok = len(secret) <= 72 and bcrypt.checkpw(secret, hashed) and user in self.users
         if ok:
             with self._lock:
                 self._verified[key] = True

@@ -90,6 +90,7 @@ class Exporter:
         scheme: str = "http",
         context: ssl.SSLContext | None = None,
         headers: Mapping[str, str] | None = None,
+        wrapper: tuple[str, ...] = (),
     ) -> None:
         self.port = free_port()
         self.url = f"{scheme}://127.0.0.1:{self.port}"
@@ -103,7 +104,7 @@ class Exporter:
         }
         full_env.update({"HOMEPAGE_EXPORTER_LISTEN_ADDRESS": f"127.0.0.1:{self.port}", **env})
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "exporter", *args],
+            [*wrapper, sys.executable, "-m", "exporter", *args],
             env=full_env,
             stdout=subprocess.DEVNULL,
             stderr=self._log,

@@ -99,7 +99,7 @@ def test_the_shipped_queries_file_is_valid() -> None:
         ),
         (
             GOOD_QUERY.replace("homepage_lag_seconds", "homepage_exporter_lag"),
-            "names starting with 'homepage_exporter_' are the exporter's own",
+            "names starting with 'homepage_exporter_' are reserved for the exporter's own metrics",
         ),
         (
             GOOD_QUERY + GOOD_QUERY.replace("name: lag", "name: lag2"),

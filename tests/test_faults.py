@@ -379,4 +379,4 @@ def test_cardinality_guard_fails_the_query_without_growing(
     )
     assert scrape.get("test_explosive", id="1") is None
     assert len(scrape.text) < 100_000
-    assert "more than the 1000 series allowed" in exporter.logs
+    assert "more than 1000 rows" in exporter.logs

@@ -182,7 +182,7 @@ def test_a_running_exporter_sees_the_cron_job_and_statements(
     )
     needs_cron(project)
     for query in ("statements", "cron_jobs", "anon_visibility", "homepage_render"):
-        exporter.wait_metric("homepage_exporter_query_up", lambda v: v == 1, 30, query=query)
+        exporter.wait_metric("homepage_exporter_query_up", lambda v: v == 1, 60, query=query)
     scrape = exporter.scrape()
     job = {"jobname": "process-scheduled-publishes"}
     assert scrape.get("homepage_cron_job_active", **job) == 1

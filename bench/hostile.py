@@ -1,0 +1,86 @@
+"""RSS and scrape latency of a well-behaved client under each resource attack.
+
+Run on demand (`.venv/bin/python -m bench.hostile`); prints a Markdown table for
+docs/benchmarks.md. The baseline is the same exporter, measured in the same run with no
+attack. Loopback only; every attack is bounded in connections and seconds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import resource
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+import bcrypt
+
+from tests.attacks import (
+    Attack,
+    idle_connections,
+    junk_flood,
+    non_reading_pipeliners,
+    slowloris,
+    under_attack,
+    wrong_password,
+)
+from tests.harness import Exporter
+
+NOWHERE = "postgresql://nobody@127.0.0.1:1/none"
+USER, PASSWORD = "prometheus", "bench-pass"
+AUTH = "Basic " + base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode()
+
+
+async def nothing(port: int) -> None:
+    await asyncio.sleep(5)
+
+
+def start(tmp: Path, *, auth: bool, wrapper: tuple[str, ...] = ()) -> Exporter:
+    env = {"HOMEPAGE_EXPORTER_DATABASE_URL": NOWHERE, "HOMEPAGE_EXPORTER_CONNECT_TIMEOUT": "1s"}
+    if auth:
+        hashed = bcrypt.hashpw(PASSWORD.encode(), bcrypt.gensalt(rounds=10)).decode()
+        (tmp / "web.yml").write_text(f"basic_auth_users:\n  {USER}: '{hashed}'\n")
+        env["HOMEPAGE_EXPORTER_WEB_CONFIG_FILE"] = str(tmp / "web.yml")
+    headers = {"Authorization": AUTH} if auth else {}
+    return Exporter(env, ("run",), headers=headers, wrapper=wrapper).wait_healthy()
+
+
+def main() -> int:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, 16384)), hard))
+    limit = ("prlimit", "--nofile=1024:1024") if shutil.which("prlimit") else ()
+    scenarios: list[tuple[str, Attack, bool, tuple[str, ...]]] = [
+        ("baseline (no attack, 5 s)", nothing, False, ()),
+        ("20 pipeliners that never read", non_reading_pipeliners, False, ()),
+        ("30 unauthenticated clients sending junk", junk_flood(wrong_password(USER)), True, ()),
+        ("1,000 slowloris connections, 1,024-file limit", slowloris, False, limit),
+        ("2,500 idle connections", idle_connections, False, ()),
+    ]
+    rows = ["| attack | scrapes | failed | p50 | p99 | max | RSS growth | RSS after |",
+            "|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    baseline = float("nan")
+    for name, attack, auth, wrapper in scenarios:
+        with tempfile.TemporaryDirectory() as tmp:
+            exporter = start(Path(tmp), auth=auth, wrapper=wrapper)
+            try:
+                pid, port = exporter.proc.pid, exporter.port
+                outcome = asyncio.run(under_attack(pid, port, attack, AUTH if auth else None))
+            finally:
+                exporter.close()
+        p99 = outcome.pct(0.99)
+        if attack is nothing:
+            baseline = p99
+        rows.append(
+            f"| {name} | {len(outcome.latencies)} | {outcome.failures} |"
+            f" {outcome.pct(0.5) * 1000:.1f} ms | {p99 * 1000:.1f} ms ({p99 / baseline:.1f}x) |"
+            f" {max(outcome.latencies) * 1000:.1f} ms | {outcome.growth_mb:+.1f} MB |"
+            f" {outcome.after_mb:+.1f} MB |"
+        )
+    sys.stdout.write("\n".join(rows) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

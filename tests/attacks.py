@@ -1,0 +1,150 @@
+"""Resource attacks on the exporter's HTTP side, bounded in count and time; each stops by
+itself. Shared by tests/test_hostile.py (which asserts on them) and bench/hostile.py (which
+reports them). Loopback only."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import socket
+import time
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+Attack = Callable[[int], Coroutine[Any, Any, None]]
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError("no VmRSS")
+
+
+async def scrape_once(port: int, auth: str | None) -> float:
+    started = time.perf_counter()
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    extra = f"Authorization: {auth}\r\n" if auth else ""
+    writer.write(f"GET /metrics HTTP/1.1\r\nHost: x\r\n{extra}Connection: close\r\n\r\n".encode())
+    data = await asyncio.wait_for(reader.read(), 5)
+    writer.close()
+    assert data.startswith(b"HTTP/1.1 200"), data[:200]
+    return time.perf_counter() - started
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """A well-behaved client's view during an attack, and the exporter's memory."""
+
+    latencies: list[float]
+    failures: int
+    growth_mb: float  # peak RSS during the attack, over the RSS before it
+    after_mb: float  # RSS once the attack ended (up to 5 s later), over the RSS before it
+
+    def pct(self, q: float) -> float:
+        ordered = sorted(self.latencies)
+        return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else float("nan")
+
+
+async def under_attack(pid: int, port: int, attack: Attack, auth: str | None = None) -> Outcome:
+    """Scrape every 100 ms while `attack` runs against `port`."""
+    for _ in range(10):  # warm: the first scrapes and query runs allocate for good
+        await scrape_once(port, auth)
+    await asyncio.sleep(1)
+    before = rss_mb(pid)
+    peak = before
+    latencies: list[float] = []
+    failures = 0
+    task = asyncio.create_task(attack(port))
+    while not task.done():
+        try:
+            latencies.append(await scrape_once(port, auth))
+        except (AssertionError, OSError, TimeoutError):
+            failures += 1
+        peak = max(peak, rss_mb(pid))
+        await asyncio.sleep(0.1)
+    await task
+    after = rss_mb(pid)
+    for _ in range(50):  # the attacker's sockets are gone; give the exporter 5 s to settle
+        if after - before < 10:
+            break
+        await asyncio.sleep(0.1)
+        after = rss_mb(pid)
+    return Outcome(latencies, failures, peak - before, after - before)
+
+
+async def non_reading_pipeliners(port: int) -> None:
+    """20 connections pipelining GET /metrics for 6 s, never reading an answer."""
+    writers = []
+    for _ in range(20):
+        _, writer = await asyncio.open_connection("127.0.0.1", port)
+        writers.append(writer)
+    request = b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n" * 200
+    deadline = time.monotonic() + 6
+    while time.monotonic() < deadline:
+        for writer in writers:
+            if writer.transport.get_write_buffer_size() < 1 << 20:
+                writer.write(request)
+        await asyncio.sleep(0.05)
+    for writer in writers:
+        writer.transport.abort()
+
+
+def junk_flood(wrong_auth: str) -> Attack:
+    """30 connections with a wrong password, then endless header bytes and no blank line."""
+
+    async def attack(port: int) -> None:
+        async def one() -> None:
+            with contextlib.suppress(OSError, TimeoutError):
+                _, writer = await asyncio.open_connection("127.0.0.1", port)
+                head = f"GET /metrics HTTP/1.1\r\nHost: x\r\nAuthorization: {wrong_auth}\r\n"
+                writer.write(head.encode())
+                deadline = time.monotonic() + 5
+                while time.monotonic() < deadline and not writer.is_closing():
+                    writer.write(b"X-Junk: " + b"j" * 4000 + b"\r\n")
+                    await asyncio.sleep(0.01)
+                writer.transport.abort()
+
+        await asyncio.gather(*(one() for _ in range(30)))
+
+    return attack
+
+
+def wrong_password(user: str) -> str:
+    return "Basic " + base64.b64encode(f"{user}:wrong".encode()).decode()
+
+
+async def slowloris(port: int) -> None:
+    """1,000 connections sending a byte of a request head every 5 s, for 15 s."""
+    writers: list[asyncio.StreamWriter] = []
+    for _ in range(1000):
+        with contextlib.suppress(OSError):
+            _, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(b"G")
+            writers.append(writer)
+    for _ in range(3):  # a byte every 5 s keeps a naive deadline from ever firing
+        await asyncio.sleep(5)
+        for writer in writers:
+            if not writer.is_closing():
+                writer.write(b"E")
+    for writer in writers:
+        writer.transport.abort()
+
+
+async def idle_connections(port: int) -> None:
+    """2,500 connections that send nothing, held for 4 s."""
+
+    def connect_all() -> list[socket.socket]:
+        sockets = []
+        for _ in range(2500):
+            with contextlib.suppress(OSError):
+                sockets.append(socket.create_connection(("127.0.0.1", port), timeout=2))
+        return sockets
+
+    sockets = await asyncio.to_thread(connect_all)  # the scraper's loop keeps running
+    await asyncio.sleep(4)
+    for sock in sockets:
+        sock.close()

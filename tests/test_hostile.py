@@ -1,0 +1,268 @@
+"""Hostile clients and hostile config: the real exporter process, attacked on loopback.
+
+Every attack is bounded in connections and seconds and stops by itself. While each runs, a
+well-behaved client scrapes /metrics every 100 ms: none of its scrapes may fail or take a
+second; the exporter's RSS may grow by less than 50 MB and must come back within 10 MB of
+where it started. Malformed requests get their status line and one log line, no traceback.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import resource
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import bcrypt
+import pytest
+
+from exporter.demo.cluster import free_port
+from tests.attacks import (
+    Outcome,
+    idle_connections,
+    junk_flood,
+    non_reading_pipeliners,
+    slowloris,
+    under_attack,
+    wrong_password,
+)
+from tests.harness import Exporter, wait_for
+
+pytestmark = pytest.mark.slow
+NOWHERE = "postgresql://nobody@127.0.0.1:1/none"  # refused at once: no database needed here
+PASSWORD = "scrape-pass"
+USER = "prometheus"
+GOOD_AUTH = "Basic " + base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode()
+
+
+def assert_unaffected(outcome: Outcome) -> None:
+    assert outcome.failures == 0, f"{outcome.failures} scrapes failed"
+    assert outcome.latencies, "no scrape completed"
+    assert max(outcome.latencies) < 1.0, f"slowest scrape {max(outcome.latencies):.2f}s"
+    assert outcome.growth_mb < 50, f"RSS grew {outcome.growth_mb:.0f} MB"
+    assert outcome.after_mb < 10, f"RSS stayed {outcome.after_mb:.0f} MB above where it started"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def enough_files_for_the_attacker() -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, 16384)), hard))
+
+
+def start(tmp: Path, *, auth: bool = False, wrapper: tuple[str, ...] = ()) -> Exporter:
+    env = {"HOMEPAGE_EXPORTER_DATABASE_URL": NOWHERE, "HOMEPAGE_EXPORTER_CONNECT_TIMEOUT": "1s"}
+    if auth:
+        hashed = bcrypt.hashpw(PASSWORD.encode(), bcrypt.gensalt(rounds=10)).decode()
+        config = tmp / "web.yml"
+        config.write_text(f"basic_auth_users:\n  {USER}: '{hashed}'\n")
+        env["HOMEPAGE_EXPORTER_WEB_CONFIG_FILE"] = str(config)
+    headers = {"Authorization": GOOD_AUTH} if auth else {}
+    return Exporter(env, ("run",), headers=headers, wrapper=wrapper).wait_healthy()
+
+
+@pytest.fixture
+def exporter(tmp_path: Path) -> Iterator[Exporter]:
+    process = start(tmp_path)
+    yield process
+    process.close()
+
+
+async def raw(port: int, data: bytes, timeout: float = 5.0) -> bytes:
+    """Send bytes, read until the server closes (or `timeout`)."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(data)
+    with contextlib.suppress(ConnectionError):
+        await writer.drain()
+    try:
+        return await asyncio.wait_for(reader.read(), timeout)
+    except (TimeoutError, ConnectionError):
+        return b""
+    finally:
+        writer.close()
+
+
+# --- resource attacks ------------------------------------------------------------------------
+
+
+def test_pipeliners_that_never_read(exporter: Exporter) -> None:
+    outcome = asyncio.run(under_attack(exporter.proc.pid, exporter.port, non_reading_pipeliners))
+    assert_unaffected(outcome)
+
+
+def test_unauthenticated_flood_with_junk(tmp_path: Path) -> None:
+    process = start(tmp_path, auth=True)
+    try:
+        attack = junk_flood(wrong_password(USER))
+        outcome = asyncio.run(under_attack(process.proc.pid, process.port, attack, GOOD_AUTH))
+        assert_unaffected(outcome)
+    finally:
+        process.close()
+
+
+def test_a_thousand_slowloris_connections_with_1024_files(tmp_path: Path) -> None:
+    if shutil.which("prlimit") is None:
+        pytest.skip("prlimit is not installed")
+    process = start(tmp_path, wrapper=("prlimit", "--nofile=1024:1024"))
+    try:
+        assert_unaffected(asyncio.run(under_attack(process.proc.pid, process.port, slowloris)))
+    finally:
+        process.close()
+
+
+def test_two_and_a_half_thousand_idle_connections(exporter: Exporter) -> None:
+    outcome = asyncio.run(under_attack(exporter.proc.pid, exporter.port, idle_connections))
+    assert_unaffected(outcome)
+
+
+# --- malformed requests: a status line each, one log line, no traceback ---------------------
+
+
+MALFORMED = [
+    ("target //[", b"GET //[ HTTP/1.1\r\nHost: x\r\n\r\n", b"400"),
+    ("two content-lengths", b"GET /metrics HTTP/1.1\r\nHost: x\r\nContent-Length: 29\r\nContent-Length: 0\r\n\r\n", b"400"),
+    ("chunked then empty TE", b"GET /metrics HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding:\r\n\r\n", b"400"),
+    ("HTTP/1.1 without Host", b"GET /metrics HTTP/1.1\r\n\r\n", b"400"),
+    ("NUL in a header value", b"GET /metrics HTTP/1.1\r\nHost: x\r\nX-A: a\x00b\r\n\r\n", b"400"),
+    ("CR in a header value", b"GET /metrics HTTP/1.1\r\nHost: x\r\nX-A: a\rb\r\n\r\n", b"400"),
+    ("bare LF request", b"GET /metrics HTTP/1.1\nHost: x\n\n", b"400"),
+    ("a body", b"GET /metrics HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\n\r\nbody", b"413"),
+    ("a huge head", b"GET /metrics HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 20000 + b"\r\n\r\n", b"431"),
+    ("POST", b"POST /metrics HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n", b"405"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("request_bytes", "status"), [(r, s) for _, r, s in MALFORMED],
+                         ids=[name for name, _, _ in MALFORMED])  # fmt: skip
+def test_malformed_requests_get_their_status_and_no_traceback(
+    exporter: Exporter, request_bytes: bytes, status: bytes
+) -> None:
+    for _ in range(20):  # a burst: one line each at most, and never a traceback
+        answer = asyncio.run(raw(exporter.port, request_bytes))
+        assert answer.split(b" ", 2)[1] == status, answer[:200]
+    time.sleep(0.2)
+    assert "Traceback" not in exporter.logs
+    assert exporter.logs.count("\n") < 40
+    assert exporter.get("/healthz")[0] == 200
+
+
+def test_auth_scheme_is_case_insensitive_and_long_passwords_are_a_plain_401(
+    tmp_path: Path,
+) -> None:
+    process = start(tmp_path, auth=True)
+    try:
+        lower = "basic " + base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode()
+        assert process.get("/metrics", headers={"Authorization": lower})[0] == 200
+        long_password = "Basic " + base64.b64encode(f"{USER}:{'p' * 100}".encode()).decode()
+        started = time.monotonic()
+        assert process.get("/metrics", headers={"Authorization": long_password})[0] == 401
+        assert time.monotonic() - started < 2
+        assert "Traceback" not in process.logs
+        assert "never retrieved" not in process.logs
+    finally:
+        process.close()
+
+
+def test_an_unknown_probe_target_is_a_plain_404(tmp_path: Path) -> None:
+    targets = tmp_path / "targets.yaml"
+    targets.write_text(f"targets:\n  - name: secret-eu-shop\n    database_url: {NOWHERE}\n")
+    process = Exporter(
+        {"HOMEPAGE_EXPORTER_DATABASE_URL": NOWHERE, "HOMEPAGE_EXPORTER_TARGETS_FILE": str(targets)}
+    ).wait_healthy()
+    try:
+        status, _, body = process.get("/probe?target=unknown")
+        assert status == 404
+        assert b"secret-eu-shop" not in body
+    finally:
+        process.close()
+
+
+# --- hostile config ----------------------------------------------------------------------------
+
+
+def run_cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "exporter", *args],
+        env={"PATH": "/usr/bin:/bin", "HOMEPAGE_EXPORTER_DATABASE_URL": NOWHERE, **env},
+        capture_output=True, text=True, check=False, timeout=60,
+    )  # fmt: skip
+
+
+QUERY = """version: 1
+queries:
+  - name: q
+    help: A query.
+    sql: SELECT 1 AS v
+    interval: {interval}
+    timeout: {timeout}
+    metrics:
+      - name: {metric}
+        help: A metric.
+        value: v
+"""
+BAD_CONFIGS = [
+    ("an interval past PostgreSQL's limit", "99999999999999999999999d", "1s", "cms_value"),
+    ("a timeout of 30 days", "40d", "30d", "cms_value"),
+    ("an interval of 0.001ms", "0.001ms", "0.001ms", "cms_value"),
+    ("a process metric", "30s", "5s", "process_cpu_seconds_total"),
+    ("a python metric", "30s", "5s", "python_info"),
+]
+
+
+@pytest.mark.parametrize(("interval", "timeout", "metric"), [c[1:] for c in BAD_CONFIGS],
+                         ids=[c[0] for c in BAD_CONFIGS])  # fmt: skip
+def test_check_refuses_hostile_config_in_one_line(
+    tmp_path: Path, interval: str, timeout: str, metric: str
+) -> None:
+    queries = tmp_path / "queries.yaml"
+    queries.write_text(QUERY.format(interval=interval, timeout=timeout, metric=metric))
+    result = run_cli("check", env={"HOMEPAGE_EXPORTER_QUERIES_FILE": str(queries)})
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_a_non_finite_number_is_refused() -> None:
+    result = run_cli("check", env={"HOMEPAGE_EXPORTER_MEDIA_STORAGE_QUOTA_BYTES": "1e400"})
+    assert result.returncode == 2
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+
+
+def test_a_sighup_to_a_hostile_file_keeps_the_old_config_running(tmp_path: Path) -> None:
+    queries = tmp_path / "queries.yaml"
+    queries.write_text(QUERY.format(interval="30s", timeout="5s", metric="cms_value"))
+    process = Exporter(
+        {"HOMEPAGE_EXPORTER_DATABASE_URL": NOWHERE, "HOMEPAGE_EXPORTER_QUERIES_FILE": str(queries)}
+    ).wait_healthy()
+    try:
+        queries.write_text(QUERY.format(interval="0.001ms", timeout="0.001ms", metric="cms_value"))
+        process.send(signal.SIGHUP)
+        wait_for(lambda: "reload" in process.logs, 10, "the reload to be logged")
+        time.sleep(0.5)
+        assert process.proc.poll() is None
+        assert process.get("/healthz")[0] == 200
+        assert "interval" in process.logs
+        scrape = process.scrape()
+        assert scrape.get("homepage_exporter_config_last_reload_successful") == 0
+    finally:
+        process.close()
+
+
+@pytest.mark.parametrize("address", ["in-use", "192.0.2.1"])
+def test_a_bind_error_is_one_line_and_exit_2(address: str) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        listen = f"127.0.0.1:{port}" if address == "in-use" else f"{address}:{free_port()}"
+        result = run_cli("run", env={"HOMEPAGE_EXPORTER_LISTEN_ADDRESS": listen})
+    assert result.returncode == 2, result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert "cannot listen" in result.stderr
