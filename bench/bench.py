@@ -39,6 +39,7 @@ sys.path.insert(0, str(ROOT))
 from bench import peers  # noqa: E402
 from exporter.app import open_database  # noqa: E402
 from exporter.config import Config, load_config  # noqa: E402
+from exporter.db import bounded  # noqa: E402
 from exporter.demo.cluster import Cluster, free_port  # noqa: E402
 from exporter.demo.database import EXPORTER_ROLE, create_cms_database, sql_file  # noqa: E402
 from exporter.scheduler import run_query  # noqa: E402
@@ -488,12 +489,17 @@ def database_load(ctx: Context) -> dict[str, dict[str, float]]:
         )
         stats = [line.rsplit("|", 2) for line in rows.splitlines() if line.count("|") >= 2]
         per_hour_ms = 0.0
+        per_query: dict[str, float] = {}
         for query in config.enabled:
-            head = statement_key(query.sql)
+            head = statement_key(bounded(query.sql, 1))  # as the exporter sends it
             for text, calls, total in stats:
                 if statement_key(text) == head:
-                    per_hour_ms += float(total) / int(calls) * 3600 / query.interval
+                    cost = float(total) / int(calls) * 3600 / query.interval
+                    per_query[query.name] = cost
+                    per_hour_ms += cost
                     break
+        top = sorted(per_query.items(), key=lambda kv: -kv[1])[:6]
+        print("  per query, ms/hour: " + ", ".join(f"{n} {v:.0f}" for n, v in top), flush=True)
         size = ctx.pg.psql(f"SELECT pg_database_size('{database}')", database=database)
         out[f"{scale}x"] = {
             "db_seconds_per_hour": per_hour_ms / 1000,

@@ -8,17 +8,16 @@ attack. Loopback only; every attack is bounded in connections and seconds.
 from __future__ import annotations
 
 import asyncio
-import base64
 import resource
 import shutil
 import sys
 import tempfile
 from pathlib import Path
 
-import bcrypt
-
 from tests.attacks import (
+    USER,
     Attack,
+    basic,
     idle_connections,
     junk_flood,
     non_reading_pipeliners,
@@ -26,11 +25,11 @@ from tests.attacks import (
     under_attack,
     wrong_password,
 )
+from tests.attacks import start as start_exporter
 from tests.harness import Exporter
 
-NOWHERE = "postgresql://nobody@127.0.0.1:1/none"
-USER, PASSWORD = "prometheus", "bench-pass"
-AUTH = "Basic " + base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode()
+PASSWORD = "bench-pass"
+AUTH = basic(USER, PASSWORD)
 
 
 async def nothing(port: int) -> None:
@@ -38,13 +37,7 @@ async def nothing(port: int) -> None:
 
 
 def start(tmp: Path, *, auth: bool, wrapper: tuple[str, ...] = ()) -> Exporter:
-    env = {"HOMEPAGE_EXPORTER_DATABASE_URL": NOWHERE, "HOMEPAGE_EXPORTER_CONNECT_TIMEOUT": "1s"}
-    if auth:
-        hashed = bcrypt.hashpw(PASSWORD.encode(), bcrypt.gensalt(rounds=10)).decode()
-        (tmp / "web.yml").write_text(f"basic_auth_users:\n  {USER}: '{hashed}'\n")
-        env["HOMEPAGE_EXPORTER_WEB_CONFIG_FILE"] = str(tmp / "web.yml")
-    headers = {"Authorization": AUTH} if auth else {}
-    return Exporter(env, ("run",), headers=headers, wrapper=wrapper).wait_healthy()
+    return start_exporter(tmp, password=PASSWORD if auth else None, wrapper=wrapper)
 
 
 def main() -> int:
@@ -78,7 +71,11 @@ def main() -> int:
             f" {max(outcome.latencies) * 1000:.1f} ms | {outcome.growth_mb:+.1f} MB |"
             f" {outcome.after_mb:+.1f} MB |"
         )
-    sys.stdout.write("\n".join(rows) + "\n")
+    table = "\n".join(rows) + "\n"
+    sys.stdout.write(table)
+    out = Path(__file__).parent / "out"
+    out.mkdir(exist_ok=True)
+    (out / "hostile.md").write_text(table)
     return 0
 
 

@@ -33,7 +33,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from types import TracebackType
-from typing import Any, Self, cast
+from typing import Self, cast
 
 from aiohttp import web
 from aiohttp.web_protocol import RequestHandler
@@ -165,6 +165,17 @@ class ConnectionPool:
         if self._trim is not None:
             self._trim()
 
+    def sweep(self) -> None:
+        """Close every connection whose request head is overdue (slowloris)."""
+        overdue = time.monotonic() - HEAD_TIMEOUT_SECONDS
+        for guard in [g for g in self._open if g.head_since is not None and g.head_since < overdue]:
+            guard.abort()
+
+    async def sweep_forever(self) -> None:
+        while True:
+            await asyncio.sleep(HEAD_TIMEOUT_SECONDS / 20)
+            self.sweep()
+
     def close_all(self) -> None:
         for guard in list(self._open):
             guard.abort()
@@ -174,41 +185,52 @@ class ConnectionPool:
 class _Guard(asyncio.Protocol):
     """aiohttp's protocol for one connection, behind a head deadline and flow control."""
 
+    __slots__ = ("_head", "_inner", "_pool", "_transport", "head_since")
+
     def __init__(self, inner: RequestHandler, pool: ConnectionPool) -> None:
         self._inner = inner
         self._pool = pool
         self._transport: asyncio.Transport | None = None
-        self._timer: asyncio.TimerHandle | None = None
-        self._head = bytearray()  # the request head being received, at most MAX_HEAD_BYTES
-        self.waiting_for_head = True
+        self._head = bytearray()  # a request head arriving in pieces, at most MAX_HEAD_BYTES
+        # When the head now awaited began (the connection, or its first byte); None between
+        # requests. ConnectionPool.sweep closes connections whose head is overdue: one timer
+        # for all connections, none per request.
+        self.head_since: float | None = None
+
+    @property
+    def waiting_for_head(self) -> bool:
+        return self.head_since is not None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports implement asyncio.Transport without subclassing it.
         self._transport = cast(asyncio.Transport, transport)
         self._transport.set_write_buffer_limits(high=WRITE_BUFFER_HIGH)
+        self.head_since = time.monotonic()
         self._pool.admit(self)
-        self._arm()
         self._inner.connection_made(transport)
-
-    def _arm(self) -> None:
-        self._disarm()
-        self._timer = asyncio.get_running_loop().call_later(HEAD_TIMEOUT_SECONDS, self.abort)
-
-    def _disarm(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
 
     def abort(self) -> None:
         if self._transport is not None:
             self._transport.abort()
 
     def data_received(self, data: bytes) -> None:
+        if self.head_since is None:
+            self.head_since = time.monotonic()
+        if not self._head:
+            # The usual case: one whole request in one read, checked without copying.
+            end = data.find(b"\r\n\r\n")
+            if end == len(data) - 4:
+                if end > MAX_HEAD_BYTES:
+                    return self._refuse(b"431 Request Header Fields Too Large")
+                if not REQUEST_LINE.fullmatch(data, 0, data.find(b"\r\n")):
+                    return self._refuse(b"400 Bad Request")
+                self.head_since = None
+                self._inner.data_received(data)
+                return None
         rest = data
         while rest:
-            if not self.waiting_for_head:  # bytes after a head start the next one (no bodies)
-                self.waiting_for_head = True
-                self._arm()
+            if self.head_since is None:  # bytes after a head start the next one (no bodies)
+                self.head_since = time.monotonic()
             self._head += rest
             end = self._head.find(b"\r\n\r\n")
             if end < 0:
@@ -217,13 +239,11 @@ class _Guard(asyncio.Protocol):
                 break
             if end > MAX_HEAD_BYTES:
                 return self._refuse(b"431 Request Header Fields Too Large")
-            line = bytes(self._head[: self._head.find(b"\r\n")])
-            if not REQUEST_LINE.fullmatch(line):
+            if not REQUEST_LINE.fullmatch(self._head, 0, self._head.find(b"\r\n")):
                 return self._refuse(b"400 Bad Request")
             rest = bytes(self._head[end + 4 :])
             self._head.clear()
-            self.waiting_for_head = False
-            self._disarm()
+            self.head_since = None
         self._inner.data_received(data)
         return None
 
@@ -249,7 +269,6 @@ class _Guard(asyncio.Protocol):
             self._transport.resume_reading()
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._disarm()
         self._pool.release(self)
         self._transport = None
         self._inner.connection_lost(exc)
@@ -273,8 +292,28 @@ class HttpServer:
         self._ready = ready
         self._web = web_config or WebConfig()
         self._probes = dict(probes or {})
-        self._runner: web.AppRunner | None = None
+        self._server: web.Server | None = None
+        self._sweeper: asyncio.Task[None] | None = None
         self._servers: list[asyncio.Server] = []
+        # The page's response headers, per (OpenMetrics?, gzip?), built once.
+        self._page_headers = {
+            (om, gz): {
+                "Content-Type": OPENMETRICS_CONTENT_TYPE if om else TEXT_CONTENT_TYPE,
+                "Vary": "Accept, Accept-Encoding",
+                **({"Content-Encoding": "gzip"} if gz else {}),
+                "Server": SERVER,
+                **self._web.headers,
+            }
+            for om in (False, True)
+            for gz in (False, True)
+        }
+        self._routes: dict[str, Callable[[web.BaseRequest], web.Response]] = {
+            "/metrics": self._metrics,
+            "/probe": self._probe,
+            "/healthz": self._healthz,
+            "/readyz": self._readyz,
+            "/": self._landing,
+        }
         self._bcrypt = asyncio.Semaphore(BCRYPT_CONCURRENCY)
         files = raise_file_limit()
         self.pool = ConnectionPool(
@@ -283,14 +322,16 @@ class HttpServer:
         self.bound: list[str] = []
 
     # --- handlers -------------------------------------------------------------------------
+    # aiohttp's low-level Server with one handler and a dict of routes: no router, middleware
+    # or signals run per request (bench/http_servers.py: that Python was half the cost).
 
-    @web.middleware
-    async def _guard(self, request: web.Request, handler: Any) -> web.StreamResponse:
+    async def _handle(self, request: web.BaseRequest) -> web.StreamResponse:
         if request.method not in ("GET", "HEAD"):
             return _closing(405, "only GET and HEAD\n", {"Allow": "GET, HEAD"})
         if request.body_exists or "Transfer-Encoding" in request.headers:
             return _closing(413, "request bodies are not accepted\n")
-        if self._web.users and request.path not in self._web.open_paths:
+        path = request.path
+        if self._web.users and path not in self._web.open_paths:
             authorization = request.headers.get("Authorization")
             if not self._web.is_cached(authorization):
                 async with self._bcrypt:
@@ -298,33 +339,34 @@ class HttpServer:
                         None, self._web.check, authorization
                     )
                 if not ok:
-                    raise web.HTTPUnauthorized(text="unauthorized\n", headers=UNAUTHORIZED_HEADERS)
-        response: web.StreamResponse = await handler(request)
+                    return self._respond(
+                        web.Response(
+                            status=401, text="unauthorized\n", headers=UNAUTHORIZED_HEADERS
+                        )
+                    )
+        route = self._routes.get(path)
+        response = (
+            route(request) if route is not None else web.Response(status=404, text="not found\n")
+        )
+        return self._respond(response)
+
+    def _respond(self, response: web.Response) -> web.Response:
+        if "Server" not in response.headers:  # pages carry theirs already (_page_headers)
+            response.headers["Server"] = SERVER
+            response.headers.update(self._web.headers)
         return response
 
-    async def _on_prepare(self, request: web.Request, response: web.StreamResponse) -> None:
-        response.headers["Server"] = SERVER
-        for name, value in self._web.headers.items():
-            response.headers[name] = value
+    def _page(self, request: web.BaseRequest, store: Store) -> web.Response:
+        headers = request.headers
+        om = wants_openmetrics(headers.get("Accept", ""))
+        gz = accepts_gzip(headers.get("Accept-Encoding", ""))
+        body = store.page.body(openmetrics=om, gzipped=gz)
+        return web.Response(body=body, headers=self._page_headers[om, gz])
 
-    def _page(self, request: web.Request, store: Store) -> web.Response:
-        om = wants_openmetrics(request.headers.get("Accept", ""))
-        gz = accepts_gzip(request.headers.get("Accept-Encoding", ""))
-        headers = {"Vary": "Accept, Accept-Encoding"}
-        if gz:
-            headers["Content-Encoding"] = "gzip"
-        return web.Response(
-            body=store.page.body(openmetrics=om, gzipped=gz),
-            headers={
-                **headers,
-                "Content-Type": OPENMETRICS_CONTENT_TYPE if om else TEXT_CONTENT_TYPE,
-            },
-        )
-
-    async def _metrics(self, request: web.Request) -> web.Response:
+    def _metrics(self, request: web.BaseRequest) -> web.Response:
         return self._page(request, self._store)
 
-    async def _probe(self, request: web.Request) -> web.Response:
+    def _probe(self, request: web.BaseRequest) -> web.Response:
         """Prometheus's multi-target pattern: /probe?target=NAME serves that target's page."""
         if not self._probes:
             return web.Response(status=404, text="no targets file: scrape /metrics\n")
@@ -336,35 +378,23 @@ class HttpServer:
             return web.Response(status=404, text="unknown target\n")
         return self._page(request, store)
 
-    async def _healthz(self, request: web.Request) -> web.Response:
+    def _healthz(self, request: web.BaseRequest) -> web.Response:
         return web.Response(text="ok\n")
 
-    async def _readyz(self, request: web.Request) -> web.Response:
+    def _readyz(self, request: web.BaseRequest) -> web.Response:
         if self._ready():
             return web.Response(text="ready\n")
         return web.Response(status=503, text="database unreachable\n")
 
-    async def _landing(self, request: web.Request) -> web.Response:
+    def _landing(self, request: web.BaseRequest) -> web.Response:
         return web.Response(body=_landing("/metrics"), content_type="text/html", charset="utf-8")
-
-    def _app(self) -> web.Application:
-        app = web.Application(middlewares=[self._guard], client_max_size=1024)
-        app.on_response_prepare.append(self._on_prepare)
-        for path, handler in (
-            ("/metrics", self._metrics),
-            ("/probe", self._probe),
-            ("/healthz", self._healthz),
-            ("/readyz", self._readyz),
-            ("/", self._landing),
-        ):
-            app.router.add_get(path, handler)  # GET routes answer HEAD too
-        return app
 
     # --- lifecycle ------------------------------------------------------------------------
 
     async def __aenter__(self) -> Self:
-        runner = web.AppRunner(
-            self._app(),
+        loop = asyncio.get_running_loop()
+        server = web.Server(
+            self._handle,
             access_log=None,
             keepalive_timeout=IDLE_TIMEOUT_SECONDS,
             # Above the guard's MAX_HEAD_BYTES, so a too-large head is the guard's 431.
@@ -372,14 +402,7 @@ class HttpServer:
             max_field_size=2 * MAX_HEAD_BYTES,
             max_headers=64,
             lingering_time=0,  # no bodies are read: close at once after refusing one
-            shutdown_timeout=SHUTDOWN_TIMEOUT_SECONDS,
-            handle_signals=False,
         )
-        await runner.setup()
-        self._runner = runner
-        server = runner.server
-        assert server is not None  # set by setup()
-        loop = asyncio.get_running_loop()
         host = self._listen.host or None
         try:
             listener = await loop.create_server(
@@ -391,10 +414,10 @@ class HttpServer:
                 backlog=1024,
             )
         except OSError as exc:
-            await runner.cleanup()
-            self._runner = None
             raise ConfigError(_bind_error(self._listen, exc)) from None
+        self._server = server
         self._servers.append(listener)
+        self._sweeper = loop.create_task(self.pool.sweep_forever())
         self.bound = [_format_address(s.getsockname()) for s in listener.sockets]
         return self
 
@@ -406,14 +429,17 @@ class HttpServer:
     ) -> None:
         for listener in self._servers:
             listener.close()
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            self._sweeper = None
+        server, self._server = self._server, None
+        if server is not None:
+            await server.shutdown(SHUTDOWN_TIMEOUT_SECONDS)
         self.pool.close_all()
         for listener in self._servers:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(listener.wait_closed(), SHUTDOWN_TIMEOUT_SECONDS)
         self._servers.clear()
-        runner, self._runner = self._runner, None
-        if runner is not None:
-            await runner.cleanup()
 
 
 def _closing(status: int, text: str, headers: Mapping[str, str] | None = None) -> web.Response:
@@ -439,4 +465,4 @@ def _format_address(name: tuple[str, int] | tuple[str, int, int, int]) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
-_ = get_logger, time
+_ = get_logger

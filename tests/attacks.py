@@ -14,7 +14,29 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import bcrypt
+
+from tests.harness import Exporter
+
 Attack = Callable[[int], Coroutine[Any, Any, None]]
+NOWHERE = "postgresql://nobody@127.0.0.1:1/none"  # refused at once: no database needed here
+USER = "prometheus"
+
+
+def basic(user: str, password: str) -> str:
+    return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+
+
+def start(tmp: Path, *, password: str | None = None, wrapper: tuple[str, ...] = ()) -> Exporter:
+    """The exporter with no database behind it, with basic auth for USER when `password`."""
+    env = {"HOMEPAGE_EXPORTER_DATABASE_URL": NOWHERE, "HOMEPAGE_EXPORTER_CONNECT_TIMEOUT": "1s"}
+    headers = {}
+    if password is not None:
+        hashed = bcrypt.hashpw(password.encode(), bcrypt.gensalt(rounds=10)).decode()
+        (tmp / "web.yml").write_text(f"basic_auth_users:\n  {USER}: '{hashed}'\n")
+        env["HOMEPAGE_EXPORTER_WEB_CONFIG_FILE"] = str(tmp / "web.yml")
+        headers["Authorization"] = basic(USER, password)
+    return Exporter(env, ("run",), headers=headers, wrapper=wrapper).wait_healthy()
 
 
 def rss_mb(pid: int) -> float:
@@ -94,19 +116,25 @@ async def non_reading_pipeliners(port: int) -> None:
 
 
 def junk_flood(wrong_auth: str) -> Attack:
-    """30 connections with a wrong password, then endless header bytes and no blank line."""
+    """30 clients, for 5 s: a wrong password, then endless header bytes and no blank line;
+    reconnecting whenever the server hangs up."""
 
     async def attack(port: int) -> None:
+        deadline = time.monotonic() + 5
+
         async def one() -> None:
-            with contextlib.suppress(OSError, TimeoutError):
-                _, writer = await asyncio.open_connection("127.0.0.1", port)
-                head = f"GET /metrics HTTP/1.1\r\nHost: x\r\nAuthorization: {wrong_auth}\r\n"
-                writer.write(head.encode())
-                deadline = time.monotonic() + 5
-                while time.monotonic() < deadline and not writer.is_closing():
-                    writer.write(b"X-Junk: " + b"j" * 4000 + b"\r\n")
-                    await asyncio.sleep(0.01)
-                writer.transport.abort()
+            while time.monotonic() < deadline:  # cut off at 16 KiB, it comes straight back
+                with contextlib.suppress(OSError, TimeoutError):
+                    _, writer = await asyncio.open_connection("127.0.0.1", port)
+                    head = f"GET /metrics HTTP/1.1\r\nHost: x\r\nAuthorization: {wrong_auth}\r\n"
+                    writer.write(head.encode())
+                    while time.monotonic() < deadline and not writer.is_closing():
+                        writer.write(b"X-Junk: " + b"j" * 4000 + b"\r\n")
+                        await asyncio.sleep(0.01)
+                        if writer.transport.get_write_buffer_size() > 1 << 20:
+                            break
+                    writer.transport.abort()
+                await asyncio.sleep(0.01)
 
         await asyncio.gather(*(one() for _ in range(30)))
 
@@ -114,7 +142,7 @@ def junk_flood(wrong_auth: str) -> Attack:
 
 
 def wrong_password(user: str) -> str:
-    return "Basic " + base64.b64encode(f"{user}:wrong".encode()).decode()
+    return basic(user, "wrong")
 
 
 async def slowloris(port: int) -> None:

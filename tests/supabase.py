@@ -31,24 +31,20 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
-import socket
 import subprocess
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from exporter.demo.cluster import Cluster, as_user, free_port, unprivileged_user
+from exporter.demo.cluster import Cluster
 from exporter.demo.database import role_script, sql_file
-from tests.harness import EXPORTER_PASSWORD, self_signed_cert, wait_for
+from tests.harness import EXPORTER_PASSWORD, self_signed_cert
+from tests.pooler import pgbouncer
 
 BOOTSTRAP = "supabase_admin"
 DATABASE = "postgres"
 POSTGRES_PASSWORD = "supabase-postgres-pw"
-PGBOUNCER = shutil.which("pgbouncer") or (
-    "/usr/sbin/pgbouncer" if Path("/usr/sbin/pgbouncer").exists() else None
-)
 
 # migrate.sh: `postgres` starts as a superuser; the init scripts run as it.
 INIT_SCRIPTS_AS_POSTGRES = """
@@ -175,58 +171,6 @@ def _tls(cluster: Cluster) -> None:
 
 
 @contextlib.contextmanager
-def pooler(cluster: Cluster, users: dict[str, str]) -> Iterator[int]:
-    """PgBouncer in transaction mode, TLS to clients and to the server, as Supavisor on 6543."""
-    assert PGBOUNCER is not None
-    user = unprivileged_user()
-    folder = Path(tempfile.mkdtemp(prefix="homepage-supavisor-"))
-    port = free_port()
-    cert, key = self_signed_cert(folder)
-    (folder / "userlist.txt").write_text("".join(f'"{u}" "{p}"\n' for u, p in users.items()))
-    (folder / "pgbouncer.ini").write_text(f"""
-[databases]
-{DATABASE} = host=127.0.0.1 port={cluster.port} dbname={DATABASE}
-[pgbouncer]
-listen_addr = 127.0.0.1
-listen_port = {port}
-unix_socket_dir =
-auth_type = scram-sha-256
-auth_file = {folder}/userlist.txt
-pool_mode = transaction
-default_pool_size = 4
-max_client_conn = 50
-client_tls_sslmode = require
-client_tls_cert_file = {cert}
-client_tls_key_file = {key}
-server_tls_sslmode = require
-logfile = {folder}/pgbouncer.log
-pidfile = {folder}/pgbouncer.pid
-""")
-    if user is not None:
-        for path in [folder, *folder.iterdir()]:
-            os.chown(path, user.pw_uid, user.pw_gid)
-    proc = subprocess.Popen(
-        [PGBOUNCER, str(folder / "pgbouncer.ini")],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.STDOUT,
-        **as_user(user),
-    )
-    try:
-
-        def listening() -> bool:
-            assert proc.poll() is None, (folder / "pgbouncer.log").read_text()
-            with socket.socket() as sock:
-                return sock.connect_ex(("127.0.0.1", port)) == 0
-
-        wait_for(listening, 10, "the pooler to listen")
-        yield port
-    finally:
-        proc.terminate()
-        proc.wait(10)
-        shutil.rmtree(folder, ignore_errors=True)
-
-
-@contextlib.contextmanager
 def supabase(bindir: Path) -> Iterator[Supabase]:
     """A Supabase-shaped cluster with the CMS set up by the README's steps as `postgres`."""
     cluster = Cluster(
@@ -246,8 +190,11 @@ def supabase(bindir: Path) -> Iterator[Supabase]:
         if "pg_cron" in cluster.preload:
             cluster.psql_file_text(PG_CRON_AS_SUPABASE_ADMIN, DATABASE)
         cluster.psql_file_text(HALF_MADE_ROLE, DATABASE, user="postgres")
-        fixture_pooler = pooler(
-            cluster, {"postgres": POSTGRES_PASSWORD, "homepage_exporter": EXPORTER_PASSWORD}
+        fixture_pooler = pgbouncer(
+            cluster,
+            DATABASE,
+            {"postgres": POSTGRES_PASSWORD, "homepage_exporter": EXPORTER_PASSWORD},
+            tls=True,
         )
         with fixture_pooler as pooler_port:
             project = Supabase(cluster, pooler_port)

@@ -141,11 +141,17 @@ def test_once_exits_1_when_a_query_fails(pg: Cluster, tmp_path: Path) -> None:
 
 
 def test_check_connect_reports_each_query(pg: Cluster, tmp_path: Path) -> None:
+    # A write the role is allowed to make, so only the read-only transaction can refuse it.
+    pg.psql(
+        "CREATE SEQUENCE IF NOT EXISTS public.cli_probe;"
+        " GRANT USAGE, UPDATE ON SEQUENCE public.cli_probe TO homepage_exporter",
+        database="cms",
+    )
     queries = write_queries(
         tmp_path / "q.yaml",
         ONE
         + ONE.replace("name: one", "name: writes")
-        .replace("SELECT 1 AS v", "CREATE TABLE x AS SELECT 1 AS v")
+        .replace("SELECT 1 AS v", "SELECT nextval('public.cli_probe') AS v")
         .replace("test_one", "test_writes"),
     )
     result = cli(

@@ -193,7 +193,9 @@ def test_permission_denied_on_a_table_names_it_and_the_rest_runs(
         query="private",
         reason="permission",
     )
-    assert scrape.get("homepage_exporter_query_up", query="tick") == 1
+    assert scrape.get("homepage_exporter_query_up", query="private") == 0
+    # The rest runs: the tick query succeeds beside it (both start together; wait for it).
+    exporter.wait_metric("homepage_exporter_query_up", lambda v: v == 1, 5, query="tick")
     time.sleep(2)
     failed = [line for line in exporter.logs.splitlines() if "event=query_failed" in line]
     assert len(failed) == 1
@@ -209,14 +211,20 @@ def test_a_query_that_writes_is_refused_and_reported(
         """\
   - name: sneaky
     help: Tries to write.
-    sql: WITH gone AS (DELETE FROM media_assets RETURNING 1) SELECT count(*) AS n FROM gone
+    sql: SELECT nextval('public.fault_probe') AS n
     interval: 1s
     timeout: 1s
     metrics:
       - {name: test_sneaky, help: Deleted rows., value: n}
 """,
     )
-    pg.psql("INSERT INTO media_assets (file_path, file_size) VALUES ('keep.webp', 1)", database=db)
+    # A write the role may make (and one that outlives a ROLLBACK): only the read-only
+    # transaction stands in its way.
+    pg.psql(
+        "CREATE SEQUENCE public.fault_probe;"
+        " GRANT USAGE, UPDATE ON SEQUENCE public.fault_probe TO homepage_exporter",
+        database=db,
+    )
     exporter = start_exporter(exporter_env(exporter_dsn(pg, db), queries_file))
     exporter.wait_metric(
         "homepage_exporter_query_errors_total",
@@ -226,7 +234,7 @@ def test_a_query_that_writes_is_refused_and_reported(
         reason="sql",
     )
     assert "read-only transaction" in exporter.logs
-    assert pg.psql("SELECT count(*) FROM media_assets", database=db).strip() == "1"
+    assert pg.psql("SELECT is_called FROM public.fault_probe", database=db).strip() == "f"
 
 
 def test_the_exporter_role_cannot_write_even_outside_the_exporter(pg: Cluster, db: str) -> None:

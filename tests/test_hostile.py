@@ -21,11 +21,12 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import bcrypt
 import pytest
 
 from exporter.demo.cluster import free_port
 from tests.attacks import (
+    NOWHERE,
+    USER,
     Outcome,
     idle_connections,
     junk_flood,
@@ -34,12 +35,11 @@ from tests.attacks import (
     under_attack,
     wrong_password,
 )
+from tests.attacks import start as start_exporter
 from tests.harness import Exporter, wait_for
 
 pytestmark = pytest.mark.slow
-NOWHERE = "postgresql://nobody@127.0.0.1:1/none"  # refused at once: no database needed here
 PASSWORD = "scrape-pass"
-USER = "prometheus"
 GOOD_AUTH = "Basic " + base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode()
 
 
@@ -58,14 +58,7 @@ def enough_files_for_the_attacker() -> None:
 
 
 def start(tmp: Path, *, auth: bool = False, wrapper: tuple[str, ...] = ()) -> Exporter:
-    env = {"HOMEPAGE_EXPORTER_DATABASE_URL": NOWHERE, "HOMEPAGE_EXPORTER_CONNECT_TIMEOUT": "1s"}
-    if auth:
-        hashed = bcrypt.hashpw(PASSWORD.encode(), bcrypt.gensalt(rounds=10)).decode()
-        config = tmp / "web.yml"
-        config.write_text(f"basic_auth_users:\n  {USER}: '{hashed}'\n")
-        env["HOMEPAGE_EXPORTER_WEB_CONFIG_FILE"] = str(config)
-    headers = {"Authorization": GOOD_AUTH} if auth else {}
-    return Exporter(env, ("run",), headers=headers, wrapper=wrapper).wait_healthy()
+    return start_exporter(tmp, password=PASSWORD if auth else None, wrapper=wrapper)
 
 
 @pytest.fixture

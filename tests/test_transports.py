@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import contextlib
-import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -16,17 +13,15 @@ from pathlib import Path
 import pytest
 import yaml
 
-from exporter.demo.cluster import Cluster, as_user, free_port, unprivileged_user
+from exporter.demo.cluster import Cluster
 from exporter.demo.database import EXPORTER_ROLE, create_cms_database
 from exporter.settings import SHIPPED_QUERIES
 from tests.conftest import CMS
 from tests.harness import EXPORTER_PASSWORD, Exporter, exporter_env, self_signed_cert, wait_for
+from tests.pooler import PGBOUNCER, pgbouncer
 
 pytestmark = pytest.mark.slow
 StartExporter = Callable[..., Exporter]
-PGBOUNCER = shutil.which("pgbouncer") or (
-    "/usr/sbin/pgbouncer" if Path("/usr/sbin/pgbouncer").exists() else None
-)
 
 
 def fast_shipped_queries(tmp: Path) -> Path:
@@ -38,58 +33,11 @@ def fast_shipped_queries(tmp: Path) -> Path:
     return path
 
 
-@contextlib.contextmanager
-def pgbouncer(cluster: Cluster, database: str) -> Iterator[int]:
-    """PgBouncer in transaction mode in front of `database`; yields its port."""
-    assert PGBOUNCER is not None
-    user = unprivileged_user()
-    folder = Path(tempfile.mkdtemp(prefix="homepage-pgbouncer-"))
-    port = free_port()
-    (folder / "userlist.txt").write_text(f'"{EXPORTER_ROLE}" "{EXPORTER_PASSWORD}"\n')
-    (folder / "pgbouncer.ini").write_text(f"""
-[databases]
-{database} = host=127.0.0.1 port={cluster.port} dbname={database}
-[pgbouncer]
-listen_addr = 127.0.0.1
-listen_port = {port}
-unix_socket_dir =
-auth_type = scram-sha-256
-auth_file = {folder}/userlist.txt
-pool_mode = transaction
-default_pool_size = 4
-max_client_conn = 50
-logfile = {folder}/pgbouncer.log
-pidfile = {folder}/pgbouncer.pid
-""")
-    if user is not None:
-        for path in [folder, *folder.iterdir()]:
-            os.chown(path, user.pw_uid, user.pw_gid)
-    proc = subprocess.Popen(
-        [PGBOUNCER, str(folder / "pgbouncer.ini")],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.STDOUT,
-        **as_user(user),
-    )
-    try:
-
-        def listening() -> bool:
-            assert proc.poll() is None, (folder / "pgbouncer.log").read_text()
-            with socket.socket() as sock:
-                return sock.connect_ex(("127.0.0.1", port)) == 0
-
-        wait_for(listening, 10, "pgbouncer to listen")
-        yield port
-    finally:
-        proc.terminate()
-        proc.wait(10)
-        shutil.rmtree(folder, ignore_errors=True)
-
-
 @pytest.mark.skipif(PGBOUNCER is None, reason="pgbouncer is not installed")
 def test_every_shipped_query_runs_through_pgbouncer_in_transaction_mode(
     pg: Cluster, start_exporter: StartExporter, tmp_path: Path
 ) -> None:
-    with pgbouncer(pg, CMS) as port:
+    with pgbouncer(pg, CMS, {EXPORTER_ROLE: EXPORTER_PASSWORD}) as port:
         url = f"postgresql://{EXPORTER_ROLE}:{EXPORTER_PASSWORD}@127.0.0.1:{port}/{CMS}"
         exporter = start_exporter(
             exporter_env(
