@@ -41,7 +41,6 @@ from aiohttp.web_protocol import RequestHandler
 from exporter import __version__
 from exporter.errors import ConfigError
 from exporter.exposition import OPENMETRICS_CONTENT_TYPE, TEXT_CONTENT_TYPE
-from exporter.logs import get_logger
 from exporter.settings import ListenAddress
 from exporter.snapshot import Store
 from exporter.webconfig import WebConfig
@@ -463,6 +462,3 @@ def _bind_error(listen: ListenAddress, exc: OSError) -> str:
 def _format_address(name: tuple[str, int] | tuple[str, int, int, int]) -> str:
     host, port = name[0], name[1]
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
-
-_ = get_logger
