@@ -10,10 +10,10 @@ from __future__ import annotations
 import asyncio
 import resource
 import shutil
-import sys
 import tempfile
 from pathlib import Path
 
+from bench.report import write_measured
 from tests.attacks import (
     USER,
     Attack,
@@ -26,7 +26,6 @@ from tests.attacks import (
     wrong_password,
 )
 from tests.attacks import start as start_exporter
-from tests.harness import Exporter
 
 PASSWORD = "bench-pass"
 AUTH = basic(USER, PASSWORD)
@@ -34,10 +33,6 @@ AUTH = basic(USER, PASSWORD)
 
 async def nothing(port: int) -> None:
     await asyncio.sleep(5)
-
-
-def start(tmp: Path, *, auth: bool, wrapper: tuple[str, ...] = ()) -> Exporter:
-    return start_exporter(tmp, password=PASSWORD if auth else None, wrapper=wrapper)
 
 
 def main() -> int:
@@ -56,7 +51,8 @@ def main() -> int:
     baseline = float("nan")
     for name, attack, auth, wrapper in scenarios:
         with tempfile.TemporaryDirectory() as tmp:
-            exporter = start(Path(tmp), auth=auth, wrapper=wrapper)
+            password = PASSWORD if auth else None
+            exporter = start_exporter(Path(tmp), password=password, wrapper=wrapper)
             try:
                 pid, port = exporter.proc.pid, exporter.port
                 outcome = asyncio.run(under_attack(pid, port, attack, AUTH if auth else None))
@@ -72,10 +68,7 @@ def main() -> int:
             f" {outcome.after_mb:+.1f} MB |"
         )
     table = "\n".join(rows) + "\n"
-    sys.stdout.write(table)
-    out = Path(__file__).parent / "out"
-    out.mkdir(exist_ok=True)
-    (out / "hostile.md").write_text(table)
+    write_measured("hostile.md", table)
     return 0
 
 

@@ -8,11 +8,11 @@ scrape, and the ratio to nginx measured alongside.
 from __future__ import annotations
 
 import contextlib
-import sys
 import tempfile
 from pathlib import Path
 
 from bench.bench import Context, median_load, start_nginx, start_ours, wait_http
+from bench.report import write_measured
 from exporter.demo.cluster import Cluster
 from exporter.demo.database import create_cms_database, sql_file
 from exporter.settings import SHIPPED_QUERIES
@@ -44,10 +44,7 @@ def main() -> int:
             f" {load.p99_ms:.2f} ms | {load.cpu_ms_per_scrape:.3f} ms |"
         )
     table = "\n".join(lines) + "\n"
-    sys.stdout.write(table)
-    out = Path(__file__).parent / "out"
-    out.mkdir(exist_ok=True)
-    (out / "http_servers.md").write_text(table)
+    write_measured("http_servers.md", table)
     return 0
 
 

@@ -205,6 +205,13 @@ def write_report(results: dict[str, Any], path: Path, plots: Path) -> None:
     path.write_text("\n".join(lines) + "\n")
 
 
+def write_measured(name: str, table: str) -> None:
+    """Keep a figure table for the report (bench/out/NAME), and print it."""
+    MEASURED.mkdir(exist_ok=True)
+    (MEASURED / name).write_text(table)
+    print(table, end="")
+
+
 def _measured(name: str) -> str:
     path = MEASURED / name
     return (

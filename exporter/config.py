@@ -60,6 +60,10 @@ class Query:
     max_series: int | None
     metrics: tuple[Metric, ...]
 
+    def series_cap(self, default: int) -> int:
+        """The most series a run may yield: the query's own max_series, else `default`."""
+        return self.max_series or default
+
     @property
     def columns(self) -> frozenset[str]:
         """Every column the query's metrics read."""

@@ -133,13 +133,9 @@ class ConnectionPool:
     def __init__(self, limit: int) -> None:
         self.limit = limit
         self._open: OrderedDict[_Guard, None] = OrderedDict()
-        self.evicted = 0
         self._high = 0
         self._trim = _malloc_trim()
         self._trim_pending: asyncio.TimerHandle | None = None
-
-    def __len__(self) -> int:
-        return len(self._open)
 
     def admit(self, guard: _Guard) -> None:
         while len(self._open) >= self.limit:
@@ -148,7 +144,6 @@ class ConnectionPool:
                 victim = next(iter(self._open))  # all busy: the oldest goes
             self.release(victim)
             victim.abort()
-            self.evicted += 1
         self._open[guard] = None
         self._high = max(self._high, len(self._open))
 
@@ -284,7 +279,6 @@ class HttpServer:
         ready: Callable[[], bool],
         web_config: WebConfig | None = None,
         probes: Mapping[str, Store] | None = None,
-        max_connections: int | None = None,
     ) -> None:
         self._store = store
         self._listen = listen
@@ -315,9 +309,7 @@ class HttpServer:
         }
         self._bcrypt = asyncio.Semaphore(BCRYPT_CONCURRENCY)
         files = raise_file_limit()
-        self.pool = ConnectionPool(
-            max_connections or max(16, min(MAX_CONNECTIONS, files - FILES_RESERVED))
-        )
+        self.pool = ConnectionPool(max(16, min(MAX_CONNECTIONS, files - FILES_RESERVED)))
         self.bound: list[str] = []
 
     # --- handlers -------------------------------------------------------------------------

@@ -89,7 +89,7 @@ def map_rows(
             )
     else:
         index = {}
-    limit = query.max_series or max_series
+    limit = query.series_cap(max_series)
     if len(rows) > limit:
         raise invalid(f"{len(rows)} rows, more than the {limit} series allowed")
     total = 0

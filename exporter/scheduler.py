@@ -66,7 +66,7 @@ async def run_query(db: Database, query: Query, settings: Settings) -> Outcome:
             if query.min_server_version and info.major_version < query.min_server_version:
                 return Outcome(query, 0.0, skipped=f"server_version>={query.min_server_version}")
         # Each row yields at least one series: fetching stops one row past the cap.
-        limit = query.max_series or settings.max_series_per_query
+        limit = query.series_cap(settings.max_series_per_query)
         result = await db.fetch(
             query.sql, query_args(query, settings), query.timeout, max_rows=limit
         )

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from exporter.demo.cluster import free_port
+from exporter.demo.cluster import Cluster, free_port
 
 EXPORTER_PASSWORD = "exporter-s3cret-pw"
 
@@ -197,6 +197,17 @@ def self_signed_cert(folder: Path, common_name: str = "localhost") -> tuple[Path
         check=True, capture_output=True,
     )  # fmt: skip
     return cert, key
+
+
+def serve_tls(cluster: Cluster) -> None:
+    """Give an initdb'd (not yet started) cluster a self-signed certificate and `ssl = on`."""
+    with tempfile.TemporaryDirectory() as tmp:
+        cert_file, key_file = self_signed_cert(Path(tmp))
+        cert, key = cert_file.read_bytes(), key_file.read_bytes()
+    cert_path = cluster.write_private("server.crt", cert)
+    key_path = cluster.write_private("server.key", key)
+    with (cluster.datadir / "postgresql.conf").open("a") as conf:
+        conf.write(f"ssl = on\nssl_cert_file = '{cert_path}'\nssl_key_file = '{key_path}'\n")
 
 
 @contextlib.contextmanager

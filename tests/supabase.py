@@ -32,14 +32,13 @@ from __future__ import annotations
 import contextlib
 import os
 import subprocess
-import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from exporter.demo.cluster import Cluster
 from exporter.demo.database import role_script, sql_file
-from tests.harness import EXPORTER_PASSWORD, self_signed_cert
+from tests.harness import EXPORTER_PASSWORD, serve_tls
 from tests.pooler import pgbouncer
 
 BOOTSTRAP = "supabase_admin"
@@ -160,16 +159,6 @@ def readme_setup(psql: Path, url: str, *, cron: bool) -> None:
         assert result.returncode == 0, result.stderr
 
 
-def _tls(cluster: Cluster) -> None:
-    with tempfile.TemporaryDirectory() as tmp:
-        cert_file, key_file = self_signed_cert(Path(tmp))
-        cert, key = cert_file.read_bytes(), key_file.read_bytes()
-    cert_path = cluster.write_private("server.crt", cert)
-    key_path = cluster.write_private("server.key", key)
-    with (cluster.datadir / "postgresql.conf").open("a") as conf:
-        conf.write(f"ssl = on\nssl_cert_file = '{cert_path}'\nssl_key_file = '{key_path}'\n")
-
-
 @contextlib.contextmanager
 def supabase(bindir: Path) -> Iterator[Supabase]:
     """A Supabase-shaped cluster with the CMS set up by the README's steps as `postgres`."""
@@ -182,7 +171,7 @@ def supabase(bindir: Path) -> Iterator[Supabase]:
     )
     try:
         cluster.init()
-        _tls(cluster)
+        serve_tls(cluster)
         cluster.start()
         cluster.psql(f"CREATE ROLE postgres SUPERUSER LOGIN PASSWORD '{POSTGRES_PASSWORD}'")
         cluster.psql_file_text(INIT_SCRIPTS_AS_POSTGRES, DATABASE, user="postgres")

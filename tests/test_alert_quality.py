@@ -15,12 +15,10 @@ import re
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import pytest
 import yaml
@@ -370,7 +368,6 @@ def after_inhibition(
 def test_alert_quality(cluster: Cluster, scenario: Scenario, tmp_path: Path) -> None:
     text = exposition(cluster, scenario)
     sent = after_inhibition(firing(text, scenario.within, tmp_path))
-    RESULTS[scenario.name] = sent
     if scenario.kind == "benign":
         assert sent == set(), f"false alerts: {sorted(sent)}"
     else:
@@ -378,9 +375,6 @@ def test_alert_quality(cluster: Cluster, scenario: Scenario, tmp_path: Path) -> 
             f"missed {sorted(scenario.expect - sent)}; sent {sorted(sent)}"
         )
         assert sent <= scenario.expect, f"extra alerts {sorted(sent - scenario.expect)}"
-
-
-RESULTS: dict[str, set[tuple[str, str]]] = {}
 
 
 def report() -> str:
@@ -414,4 +408,3 @@ def test_docs_alerts_md_is_current() -> None:
 
 if __name__ == "__main__":
     sys.stdout.write(report())
-    _ = tempfile, Any

@@ -5,7 +5,6 @@ from __future__ import annotations
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -17,7 +16,7 @@ from exporter.demo.cluster import Cluster
 from exporter.demo.database import EXPORTER_ROLE, create_cms_database
 from exporter.settings import SHIPPED_QUERIES
 from tests.conftest import CMS
-from tests.harness import EXPORTER_PASSWORD, Exporter, exporter_env, self_signed_cert, wait_for
+from tests.harness import EXPORTER_PASSWORD, Exporter, exporter_env, serve_tls, wait_for
 from tests.pooler import PGBOUNCER, pgbouncer
 
 pytestmark = pytest.mark.slow
@@ -73,13 +72,7 @@ def tls_cluster() -> Iterator[Cluster]:
     )
     cluster.init()
     try:
-        with tempfile.TemporaryDirectory() as tmp:
-            cert_file, key_file = self_signed_cert(Path(tmp))
-            cert, key = cert_file.read_bytes(), key_file.read_bytes()
-        cert_path = cluster.write_private("server.crt", cert)
-        key_path = cluster.write_private("server.key", key)
-        with (cluster.datadir / "postgresql.conf").open("a") as conf:
-            conf.write(f"ssl = on\nssl_cert_file = '{cert_path}'\nssl_key_file = '{key_path}'\n")
+        serve_tls(cluster)
         cluster.start()
         create_cms_database(cluster, CMS, exporter_password=EXPORTER_PASSWORD, extensions=False)
         yield cluster
