@@ -26,6 +26,7 @@ import contextlib
 import ctypes
 import ctypes.util
 import errno
+import functools
 import html
 import re
 import resource
@@ -62,6 +63,8 @@ REQUEST_LINE = re.compile(
 UNAUTHORIZED_HEADERS = {"WWW-Authenticate": 'Basic realm="homepage-cms-exporter"'}
 
 
+# Prometheus sends the same Accept and Accept-Encoding on every scrape: parse each text once.
+@functools.lru_cache(maxsize=64)
 def wants_openmetrics(accept: str) -> bool:
     """True when the client lists OpenMetrics at a q-value at least that of any other type."""
     best_other, best_om = 0.0, -1.0
@@ -82,6 +85,7 @@ def wants_openmetrics(accept: str) -> bool:
     return best_om > 0 and best_om >= best_other
 
 
+@functools.lru_cache(maxsize=64)
 def accepts_gzip(accept_encoding: str) -> bool:
     for part in accept_encoding.split(","):
         coding, _, q = part.strip().partition(";")
