@@ -18,8 +18,8 @@ import pytest
 import yaml
 
 from exporter.durations import parse_duration
-from exporter.mixin.rules import alerts
-from exporter.mixin.thresholds import load_thresholds
+from tools.mixin.rules import alerts
+from tools.mixin.thresholds import load_thresholds
 
 ROOT = Path(__file__).resolve().parent.parent
 RULES = ROOT / "alerts" / "homepage-cms.rules.yml"

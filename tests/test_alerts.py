@@ -12,9 +12,9 @@ import pytest
 import yaml
 
 from exporter.errors import ConfigError
-from exporter.mixin.render import RULES, THRESHOLDS, expected
-from exporter.mixin.rules import alerts, rule_groups
-from exporter.mixin.thresholds import load_thresholds
+from tools.mixin.render import RULES, THRESHOLDS, expected
+from tools.mixin.rules import alerts, rule_groups
+from tools.mixin.thresholds import load_thresholds
 
 ROOT = Path(__file__).resolve().parent.parent
 RULES_TEST = ROOT / "alerts" / "homepage-cms.rules.test.yml"
@@ -28,7 +28,7 @@ def rules() -> list[dict[str, Any]]:
 
 def test_generated_files_are_current() -> None:
     for path, text in expected(ROOT).items():
-        assert path.read_text() == text, f"{path} is stale: python -m exporter.mixin"
+        assert path.read_text() == text, f"{path} is stale: python tools/mixin"
 
 
 def test_a_threshold_change_reaches_the_rules(tmp_path: Path) -> None:

@@ -12,10 +12,10 @@ import yaml
 
 from exporter import selfmetrics
 from exporter.config import load_config
-from exporter.mixin.render import DASHBOARD, THRESHOLDS
-from exporter.mixin.rules import RECORDING_RULES, alerts
-from exporter.mixin.thresholds import load_thresholds
 from exporter.settings import SHIPPED_QUERIES
+from tools.mixin.render import DASHBOARD, THRESHOLDS
+from tools.mixin.rules import RECORDING_RULES, alerts
+from tools.mixin.thresholds import load_thresholds
 
 ROOT = Path(__file__).resolve().parent.parent
 

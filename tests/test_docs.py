@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import yaml
 
 from exporter.config import load_config
-from exporter.metricsdoc import render
 from exporter.settings import SHIPPED_QUERIES
+from tools.metricsdoc import render
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -16,8 +18,36 @@ ROOT = Path(__file__).resolve().parent.parent
 def test_metrics_md_is_current() -> None:
     current = (ROOT / "docs" / "metrics.md").read_text()
     assert current == render(load_config(SHIPPED_QUERIES)), (
-        "docs/metrics.md is stale: python -m exporter.metricsdoc > docs/metrics.md"
+        "docs/metrics.md is stale: python tools/metricsdoc.py"
     )
+
+
+def test_the_generators_run_from_any_directory_and_take_help(tmp_path: Path) -> None:
+    """They live in tools/, outside the package, and find the repository themselves."""
+    doc = subprocess.run(
+        [sys.executable, str(ROOT / "tools" / "metricsdoc.py"), "--out", "-"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert doc.stdout == (ROOT / "docs" / "metrics.md").read_text()
+    mixin = subprocess.run(
+        [sys.executable, str(ROOT / "tools" / "mixin"), "--root", str(tmp_path)],
+        cwd=tmp_path / "..",
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert mixin.returncode == 2 and "thresholds.yaml" in mixin.stderr  # no thresholds there
+    helped = subprocess.run(
+        [sys.executable, str(ROOT / "tools" / "mixin"), "--help"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert "usage:" in helped.stdout and not (tmp_path / "--help").exists()
 
 
 def test_every_metric_is_documented() -> None:

@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from exporter.mixin import rules as r
-from exporter.mixin.thresholds import Thresholds
+from tools.mixin import rules as r
+from tools.mixin.thresholds import Thresholds
 
 UID = "homepage-cms"
 INSTANCES = 'label_values(homepage_exporter_build_info{job=~"$job"}, instance)'

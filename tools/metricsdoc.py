@@ -1,22 +1,30 @@
-"""docs/metrics.md from a queries file: `python -m exporter.metricsdoc > docs/metrics.md`."""
+"""`python tools/metricsdoc.py`: regenerate docs/metrics.md from the shipped queries file."""
 
 from __future__ import annotations
 
+import argparse
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+
+if __package__ in (None, ""):  # run as `python tools/metricsdoc.py`, from any directory
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from prometheus_client.metrics_core import Metric as ClientMetric
 
 from exporter import selfmetrics
 from exporter.config import Config, load_config
 from exporter.durations import format_duration
+from exporter.errors import ConfigError
 from exporter.settings import SHIPPED_QUERIES
+from tools import ROOT
+
+DOC = ROOT / "docs" / "metrics.md"
 
 HEADER = """\
 # Metrics
 
-Generated from `queries.yaml` by `python -m exporter.metricsdoc > docs/metrics.md`;
+Generated from `queries.yaml` by `python tools/metricsdoc.py`;
 a test fails when this file is stale. Do not edit by hand.
 
 Every query runs read-only, with `statement_timeout` equal to its timeout. A failing query keeps
@@ -81,9 +89,23 @@ def render(config: Config) -> str:
     return "\n".join([HEADER, *_query_sections(config), *_self_sections()])
 
 
-def main() -> int:
-    path = Path(sys.argv[1]) if len(sys.argv) > 1 else SHIPPED_QUERIES
-    sys.stdout.write(render(load_config(path)))
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="tools/metricsdoc.py", description="Regenerate docs/metrics.md from a queries file."
+    )
+    parser.add_argument("--queries", type=Path, default=SHIPPED_QUERIES, help="queries file")
+    parser.add_argument("--out", type=Path, default=DOC, help="where to write (- for stdout)")
+    args = parser.parse_args(argv)
+    try:
+        text = render(load_config(args.queries))
+    except ConfigError as exc:
+        print(f"tools/metricsdoc.py: {exc}", file=sys.stderr)
+        return 2
+    if str(args.out) == "-":
+        sys.stdout.write(text)
+    else:
+        args.out.write_text(text, encoding="utf-8")
+        print(f"wrote {args.out}")
     return 0
 
 

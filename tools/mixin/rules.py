@@ -6,7 +6,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from exporter.mixin.thresholds import Thresholds
+from tools.mixin.thresholds import Thresholds
 
 WARNING, CRITICAL = "warning", "critical"
 
