@@ -37,13 +37,13 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench import peers  # noqa: E402
-from exporter.app import open_database  # noqa: E402
 from exporter.config import Config, load_config  # noqa: E402
 from exporter.db import bounded  # noqa: E402
 from exporter.demo.cluster import Cluster, free_port  # noqa: E402
 from exporter.demo.database import EXPORTER_ROLE, create_cms_database, sql_file  # noqa: E402
 from exporter.scheduler import run_query  # noqa: E402
 from exporter.settings import SHIPPED_QUERIES, Settings, load_settings  # noqa: E402
+from exporter.targets import load_targets  # noqa: E402
 from tests.harness import (  # noqa: E402
     EXPORTER_PASSWORD,
     Exporter,
@@ -110,10 +110,11 @@ def reports_queries(expected: int) -> Callable[[bytes], bool]:
 
 async def run_each(settings: Settings, config: Config, runs: int) -> None:
     """Every enabled query `runs` times, one after the other, as the exporter role."""
-    async with open_database(settings) as db:
+    (target,) = load_targets(settings)
+    async with target.open_database() as db:
         for _ in range(runs):
             for query in config.enabled:
-                await run_query(db, query, settings)
+                await run_query(db, query, target.params, settings.max_series_per_query)
 
 
 def wait_listening(port: int, seconds: float = 30) -> None:

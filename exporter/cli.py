@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import ssl
 import sys
 import urllib.request
@@ -11,9 +10,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import uvloop
+
 from exporter import __version__, logs
 from exporter.app import Daemon, check, once
-from exporter.config import Config, load_config
+from exporter.config import load_config
 from exporter.errors import ConfigError
 from exporter.settings import (
     DEFAULT_PORT,
@@ -23,7 +24,7 @@ from exporter.settings import (
     Settings,
     load_settings,
 )
-from exporter.targets import load_targets
+from exporter.targets import Target, load_targets, secrets_of
 from exporter.webconfig import WebConfig, load_web_config
 
 EXIT_OK, EXIT_FAILED, EXIT_CONFIG = 0, 1, 2
@@ -90,38 +91,42 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "demo":
         return _demo(args)
+    redact = logs.Redactor()
     try:
         settings = _settings(args)
-        logs.configure(settings.log_level, settings.log_format, settings.secrets())
+        redact = logs.Redactor(settings.secrets())
+        logs.configure(settings.log_level, settings.log_format, redact)
         settings.database_password()  # an unreadable password file is a config error, now
+        targets = load_targets(settings)
+        redact = logs.Redactor(secrets_of(targets))  # every target's passwords, not only ours
+        logs.configure(settings.log_level, settings.log_format, redact)
         config = load_config(settings.queries_file)
         web = load_web_config(settings.web_config_file) if settings.web_config_file else None
-        targets = (
-            load_targets(settings.targets_file, settings)
-            if settings.targets_file is not None
-            else {"": settings}
-        )
         if args.command == "healthcheck":
             return healthcheck(settings, web)
         if args.command == "check":
-            codes = [
-                check(s, config, connect=args.connect, title=name) for name, s in targets.items()
-            ]
+            codes = [check(t, config, connect=args.connect, redact=redact) for t in targets]
             return max(codes)
         if args.command == "once":
-            name = args.target or ("" if "" in targets else None)
-            if name not in targets:
-                raise ConfigError(
-                    f"once: pick one of the targets with --target: {', '.join(targets)}"
-                )
-            return once(targets[name], config)
-        _run(settings, config, web)
+            return once(_pick(targets, args.target), config)
+        _run(Daemon(settings, config, targets, web))
         return EXIT_OK
     except ConfigError as exc:
-        print(f"homepage-cms-exporter: {logs.redact(str(exc))}", file=sys.stderr)
+        print(f"homepage-cms-exporter: {redact(str(exc))}", file=sys.stderr)
         return EXIT_CONFIG
     except KeyboardInterrupt:
         return EXIT_FAILED
+
+
+def _pick(targets: list[Target], name: str | None) -> Target:
+    """`once`'s target: the named one, or the only one."""
+    if name is None and len(targets) == 1:
+        return targets[0]
+    for target in targets:
+        if target.name == name and target.probed:
+            return target
+    names = ", ".join(t.name for t in targets if t.probed) or "(none: no targets file)"
+    raise ConfigError(f"once: --target names one of the targets file's targets: {names}")
 
 
 def healthcheck(settings: Settings, web: WebConfig | None) -> int:
@@ -153,11 +158,5 @@ def _demo(args: argparse.Namespace) -> int:
         return EXIT_OK
 
 
-def _run(settings: Settings, config: Config, web: WebConfig | None) -> None:
-    daemon = Daemon(settings, config, web)
-    try:
-        import uvloop
-    except ImportError:  # pragma: no cover - uvloop is a dependency; this keeps PyPy usable
-        asyncio.run(daemon.run())
-        return
+def _run(daemon: Daemon) -> None:
     uvloop.run(daemon.run())

@@ -1,13 +1,8 @@
-"""The read-only database session: a bounded asyncpg pool and one classified error type.
+"""The read-only database session: a bounded asyncpg pool.
 
-Every asyncpg, socket or timeout failure is translated here, once, into `QueryError`:
-
-    QueryError(reason=ErrorReason.X, message="one line, no secrets")
-        TIMEOUT      statement_timeout or lock_timeout fired on the server, or our deadline
-        CONNECTION   cannot connect, authentication, server shutting down, connection lost
-        PERMISSION   privilege or row-security refusal
-        SQL          anything else the server rejected (including a write in a read-only txn)
-        INVALID_RESULT  raised later, by mapping, when rows do not fit the metrics
+Every asyncpg, socket or timeout failure is translated here, once, into a `QueryError` with
+its `ErrorReason` (errors.py says what each means). Messages are one line; secrets are masked
+where text leaves the process (logs.Redactor), not here.
 """
 
 from __future__ import annotations
@@ -16,14 +11,13 @@ import asyncio
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from enum import StrEnum
 from types import TracebackType
 from typing import Self
 from urllib.parse import urlsplit
 
 import asyncpg
 
-from exporter.logs import redact
+from exporter.errors import ErrorReason, QueryError
 
 APPLICATION_NAME = "homepage-cms-exporter"
 # Our deadline trails the server's statement_timeout so the server cancels first and says so.
@@ -32,27 +26,8 @@ CLOSE_TIMEOUT_SECONDS = 3.0
 EXTENSIONS_TTL_SECONDS = 60.0
 
 
-class ErrorReason(StrEnum):
-    """The closed set of reasons in homepage_exporter_query_errors_total."""
-
-    TIMEOUT = "timeout"
-    CONNECTION = "connection"
-    PERMISSION = "permission"
-    SQL = "sql"
-    INVALID_RESULT = "invalid_result"
-
-
-class QueryError(Exception):
-    """A classified failure; `message` is one log-safe line."""
-
-    def __init__(self, reason: ErrorReason, message: str) -> None:
-        super().__init__(f"{reason}: {message}")
-        self.reason = reason
-        self.message = message
-
-
 def _one_line(text: str) -> str:
-    return redact(" ".join(text.split()))
+    return " ".join(text.split())
 
 
 def classify(exc: BaseException) -> QueryError:

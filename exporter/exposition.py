@@ -86,6 +86,10 @@ class Page:
             openmetrics=b"".join(f.openmetrics for f in parts) + _EOF,
         )
 
+    def compressed(self) -> set[bool]:
+        """The formats (OpenMetrics?) whose gzip body is already made."""
+        return set(self._gzipped)
+
     def body(self, *, openmetrics: bool, gzipped: bool) -> bytes:
         raw = self.openmetrics if openmetrics else self.text
         if not gzipped:

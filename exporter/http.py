@@ -43,7 +43,7 @@ from exporter import __version__
 from exporter.errors import ConfigError
 from exporter.exposition import OPENMETRICS_CONTENT_TYPE, TEXT_CONTENT_TYPE
 from exporter.settings import ListenAddress
-from exporter.snapshot import Store
+from exporter.store import Store
 from exporter.webconfig import WebConfig
 
 SHUTDOWN_TIMEOUT_SECONDS = 2.0
@@ -355,6 +355,8 @@ class HttpServer:
         headers = request.headers
         om = wants_openmetrics(headers.get("Accept", ""))
         gz = accepts_gzip(headers.get("Accept-Encoding", ""))
+        if gz and om not in store.gzip_wanted:
+            store.want_gzip(om)  # later renders compress this format ahead of the scrapes
         body = store.page.body(openmetrics=om, gzipped=gz)
         return web.Response(body=body, headers=self._page_headers[om, gz])
 

@@ -12,15 +12,22 @@ from typing import Any
 from exporter.settings import LogFormat, LogLevel
 
 _ROOT = "homepage_exporter"
-_REDACTED = "[REDACTED]"
-_secrets: tuple[str, ...] = ()
 
 
-def redact(text: str) -> str:
-    """`text` with every registered secret replaced."""
-    for secret in _secrets:
-        text = text.replace(secret, _REDACTED)
-    return text
+class Redactor:
+    """Replaces every secret it was given (each target's passwords) wherever text leaves
+    the process: log lines, `check` output, error messages."""
+
+    MASK = "[REDACTED]"
+
+    def __init__(self, secrets: Iterable[str] = ()) -> None:
+        # Longest first, so that a secret containing another is masked whole.
+        self._secrets = tuple(sorted({s for s in secrets if s}, key=len, reverse=True))
+
+    def __call__(self, text: str) -> str:
+        for secret in self._secrets:
+            text = text.replace(secret, self.MASK)
+        return text
 
 
 def _logfmt_value(value: object) -> str:
@@ -32,9 +39,10 @@ def _logfmt_value(value: object) -> str:
 
 
 class _Formatter(logging.Formatter):
-    def __init__(self, fmt: LogFormat) -> None:
+    def __init__(self, fmt: LogFormat, redact: Redactor) -> None:
         super().__init__()
         self._json = fmt is LogFormat.JSON
+        self._redact = redact
 
     def format(self, record: logging.LogRecord) -> str:
         fields: dict[str, Any] = {
@@ -47,7 +55,7 @@ class _Formatter(logging.Formatter):
         if record.exc_info and record.levelno >= logging.ERROR:
             fields["error"] = self.formatException(record.exc_info)
         clean = {
-            k: redact(str(v)) if not isinstance(v, int | float | bool) else v
+            k: self._redact(str(v)) if not isinstance(v, int | float | bool) else v
             for k, v in fields.items()
         }
         if self._json:
@@ -126,12 +134,11 @@ def get_logger(**fields: object) -> Logger:
     return Logger(logging.getLogger(_ROOT), dict(fields))
 
 
-def configure(level: LogLevel, fmt: LogFormat, secrets: Iterable[str] = ()) -> None:
-    """Send structured lines to stderr; quiet the libraries we use."""
-    global _secrets
-    _secrets = tuple(s for s in secrets if s)
+def configure(level: LogLevel, fmt: LogFormat, redact: Redactor | None = None) -> None:
+    """Send structured lines to stderr, secrets masked; quiet the libraries we use."""
+    redact = redact or Redactor()
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(_Formatter(fmt))
+    handler.setFormatter(_Formatter(fmt, redact))
     root = logging.getLogger(_ROOT)
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
@@ -140,7 +147,7 @@ def configure(level: LogLevel, fmt: LogFormat, secrets: Iterable[str] = ()) -> N
         logging.getLogger(noisy).setLevel(logging.ERROR)
     # aiohttp reports each malformed or hostile request with a traceback: one line instead.
     client_errors = logging.StreamHandler(sys.stderr)
-    client_errors.setFormatter(_Formatter(fmt))
+    client_errors.setFormatter(_Formatter(fmt, redact))
     client_errors.addFilter(_ClientErrors())
     server = logging.getLogger("aiohttp.server")
     server.handlers[:] = [client_errors]

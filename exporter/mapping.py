@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from exporter.config import Metric, Query
-from exporter.db import ErrorReason, QueryError
+from exporter.errors import ErrorReason, QueryError
 
 
 @dataclass(frozen=True, slots=True)

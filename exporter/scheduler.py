@@ -1,50 +1,29 @@
-"""Running queries: one run (shared by `run`, `once`, `check`) and the per-query loops."""
+"""Running queries: one run (shared by `run`, `once`, `check`), the per-query loops, the ping.
+
+The scheduler owns timing only. What a run means for the served state is `transition` (pure,
+in snapshot.py); whether the database is up is written by the ping alone.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import random
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 
 from exporter.config import Config, Query
-from exporter.db import Database, ErrorReason, QueryError
+from exporter.db import Database
+from exporter.errors import ErrorReason, QueryError
 from exporter.exposition import Fragment, to_client_families
 from exporter.logs import Logger
 from exporter.mapping import Family, map_rows
-from exporter.schema import Param
-from exporter.settings import Settings
-from exporter.snapshot import Snapshot, Store
+from exporter.snapshot import Clock, Outcome, Requirement, SystemClock, transition
+from exporter.store import TargetStore
 
 FIRST_RUN_JITTER_SECONDS = 0.25
 INTERVAL_JITTER = 0.05
 
-
-@dataclass(frozen=True, slots=True)
-class Outcome:
-    """What one run of one query produced: values, a classified error, or a skip."""
-
-    query: Query
-    duration: float
-    families: tuple[Family, ...] = ()
-    fragment: Fragment | None = None
-    rows: int = 0
-    error: QueryError | None = None
-    skipped: str | None = None
-
-    @property
-    def series(self) -> int:
-        return sum(len(f.samples) for f in self.families)
-
-
-def query_args(query: Query, settings: Settings) -> list[object]:
-    """The positional parameters a query declared, from settings."""
-    values: dict[Param, object] = {
-        Param.LOCALES: list(settings.locales),
-        Param.MEDIA_STORAGE_QUOTA_BYTES: settings.media_storage_quota_bytes,
-    }
-    return [values[p] for p in query.params]
+Runner = Callable[[Query], Awaitable[Outcome]]
 
 
 def _map_and_encode(
@@ -54,25 +33,29 @@ def _map_and_encode(
     return families, Fragment.encode(to_client_families(families, query.interval))
 
 
-async def run_query(db: Database, query: Query, settings: Settings) -> Outcome:
-    """Run a query once, read-only, and map its rows; never raises for database trouble."""
+async def run_query(
+    db: Database, query: Query, params: Mapping[str, object], max_series: int
+) -> Outcome:
+    """Run a query once, read-only, and map its rows; never raises for database trouble.
+    `params`: the values a query may declare as positional parameters, by name."""
     started = time.perf_counter()
     try:
         if query.requires or query.min_server_version:
             info = await db.server_info(query.timeout)
             missing = [e for e in query.requires if e not in info.extensions]
             if missing:
-                return Outcome(query, 0.0, skipped=f"extension:{missing[0]}")
+                return Outcome(query, 0.0, skipped=Requirement("extension", missing[0]))
             if query.min_server_version and info.major_version < query.min_server_version:
-                return Outcome(query, 0.0, skipped=f"server_version>={query.min_server_version}")
+                return Outcome(
+                    query, 0.0, skipped=Requirement("server_version", str(query.min_server_version))
+                )
         # Each row yields at least one series: fetching stops one row past the cap.
-        limit = query.series_cap(settings.max_series_per_query)
-        result = await db.fetch(
-            query.sql, query_args(query, settings), query.timeout, max_rows=limit
-        )
+        cap = query.series_cap(max_series)
+        args = [params[p] for p in query.params]
+        result = await db.fetch(query.sql, args, query.timeout, max_rows=cap)
         # Encoding a large result takes time: a worker thread keeps /metrics answering meanwhile.
         families, fragment = await asyncio.to_thread(
-            _map_and_encode, query, result.columns, result.rows, settings.max_series_per_query
+            _map_and_encode, query, result.columns, result.rows, max_series
         )
     except QueryError as exc:
         return Outcome(query, time.perf_counter() - started, error=exc)
@@ -85,41 +68,69 @@ async def run_query(db: Database, query: Query, settings: Settings) -> Outcome:
     )
 
 
+async def ping(db: Database, timeout: float) -> QueryError | None:
+    """`SELECT 1`: None if the database answered, else why not."""
+    try:
+        await db.fetch("SELECT 1", (), timeout)
+    except QueryError as exc:
+        return exc
+    return None
+
+
+def reachable(error: QueryError | None) -> bool:
+    """Whether a ping's result means the database is up (a permission error still answered)."""
+    return error is None or error.reason not in (ErrorReason.CONNECTION, ErrorReason.TIMEOUT)
+
+
 class Scheduler:
-    """Runs every enabled query on its own interval, never overlapping itself."""
+    """Runs every enabled query on its own interval, never overlapping itself.
+
+    `run` is how one query runs (run_query on this target's database, in production);
+    `clock`, `rng` and `sleep` are injectable so the loops are tested without waiting.
+    `on_connection_error` is told when a run could not reach the database (the Pinger then
+    checks at once).
+    """
 
     def __init__(
         self,
-        db: Database,
-        store: Store,
-        settings: Settings,
+        store: TargetStore,
         log: Logger,
         *,
+        run: Runner,
+        on_connection_error: Callable[[], None] = lambda: None,
+        clock: Clock | None = None,
         rng: random.Random | None = None,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
-        self._db = db
         self._store = store
-        self._settings = settings
         self._log = log
+        self._run = run
+        self._on_connection_error = on_connection_error
+        self._clock = clock or SystemClock()
         self._rng = rng or random.Random()  # noqa: S311 - jitter, not security
+        self._sleep = sleep
         self._tasks: dict[str, tuple[Query, asyncio.Task[None]]] = {}
         self._group: asyncio.TaskGroup | None = None
 
-    async def run(self, stop: asyncio.Event) -> None:
-        """Run until `stop` is set; then cancel every loop and return."""
+    @property
+    def loops(self) -> list[tuple[Query, asyncio.Task[None]]]:
+        """Every loop task still alive, with the query it runs."""
+        return [(q, task) for q, task in self._tasks.values() if not task.done()]
+
+    async def run(self, config: Config, stop: asyncio.Event) -> None:
+        """Run `config`'s queries until `stop` is set; then cancel every loop and return."""
         async with asyncio.TaskGroup() as group:
             self._group = group
-            ping = group.create_task(self._ping_loop(), name="ping")
-            self.apply(self._store.config)
+            self.apply(config)
             await stop.wait()
-            ping.cancel()
             for _, task in self._tasks.values():
                 task.cancel()
         self._group = None
         self._tasks.clear()
 
     def apply(self, config: Config) -> None:
-        """Start, stop or restart loops so that exactly `config`'s enabled queries run."""
+        """Start, stop or restart loops so that exactly `config`'s enabled queries run, each
+        in one loop: applying the same config again starts nothing."""
         if self._group is None:
             return
         wanted = {q.name: q for q in config.enabled}
@@ -134,99 +145,61 @@ class Scheduler:
 
     async def _loop(self, query: Query) -> None:
         log = self._log.bind(query=query.name)
-        state = _LoopState()
-        await asyncio.sleep(self._rng.uniform(0, min(FIRST_RUN_JITTER_SECONDS, query.interval)))
+        await self._sleep(self._rng.uniform(0, min(FIRST_RUN_JITTER_SECONDS, query.interval)))
         while True:
-            started = time.monotonic()
-            outcome = await run_query(self._db, query, self._settings)
-            self._record(outcome, state, log)
+            started = self._clock.now().monotonic
+            outcome = await self._run(query)
+            previous = self._store.snapshot(query.name)
+            if previous is None or previous.query != query:
+                return  # reloaded away meanwhile; apply() has started its successor
+            snapshot, events = transition(previous, outcome, self._clock.now())
+            for event in events:
+                getattr(log, event.level)(event.name, **event.fields)
+            self._store.publish(snapshot)
+            if outcome.error is not None and outcome.error.reason is ErrorReason.CONNECTION:
+                self._on_connection_error()
             jitter = self._rng.uniform(1 - INTERVAL_JITTER, 1 + INTERVAL_JITTER)
-            await asyncio.sleep(max(0.0, query.interval * jitter - (time.monotonic() - started)))
+            elapsed = self._clock.now().monotonic - started
+            await self._sleep(max(0.0, query.interval * jitter - elapsed))
 
-    def _record(self, outcome: Outcome, state: _LoopState, log: Logger) -> None:
-        query = outcome.query
-        current = self._store.snapshot(query.name)
-        if outcome.skipped is not None:
-            if state.skipped != outcome.skipped:
-                log.info("query_skipped", requirement=outcome.skipped)
-            state.skipped = outcome.skipped
-            self._store.publish(Snapshot(query, skipped=outcome.skipped))
-            return
-        state.skipped = None
-        self._store.count_run(query.name)
-        if outcome.error is None:
-            assert outcome.fragment is not None
-            if state.failing is not None:
-                log.info("query_recovered", failed_runs=state.failed_runs)
-            state.failing, state.failed_runs = None, 0
-            state.last_success = time.monotonic()
-            self._store.set_database_up(True)
-            self._store.publish(
-                Snapshot(
-                    query,
-                    fragment=outcome.fragment,
-                    series=outcome.series,
-                    up=True,
-                    duration=outcome.duration,
-                    last_success=time.time(),
-                )
-            )
-            return
-        error = outcome.error
-        self._store.count_error(query.name, error.reason)
-        state.failed_runs += 1
-        if state.failing != error.reason:
-            log.warning("query_failed", reason=error.reason.value, error=error.message)
-        state.failing = error.reason
-        if error.reason is ErrorReason.CONNECTION:
-            self._store.set_database_up(False)
-        fresh = (
-            state.last_success is not None
-            and time.monotonic() - state.last_success <= query.stale_after
-        )
-        kept = current if fresh else current.withdrawn()
-        if not fresh and current.series:
-            log.info("query_values_withdrawn", stale_after=query.stale_after)
-        self._store.publish(
-            Snapshot(
-                query,
-                fragment=kept.fragment,
-                series=kept.series,
-                up=False,
-                duration=outcome.duration,
-                last_success=current.last_success,
-            )
-        )
 
-    async def _ping_loop(self) -> None:
-        log = self._log
+class Pinger:
+    """`SELECT 1` every `interval`, or at once when a query could not connect: the only writer
+    of `database_up`."""
+
+    def __init__(
+        self, db: Database, store: TargetStore, log: Logger, *, interval: float, timeout: float
+    ) -> None:
+        self._db = db
+        self._store = store
+        self._log = log
+        self._interval = interval
+        self._timeout = timeout
+        self._now = asyncio.Event()
+
+    def ping_now(self) -> None:
+        self._now.set()
+
+    async def run(self, stop: asyncio.Event) -> None:
         was_up: bool | None = None
-        timeout = min(self._settings.connect_timeout, self._settings.ping_interval)
-        while True:
+        while not stop.is_set():
+            self._now.clear()
+            error = await ping(self._db, self._timeout)
+            up = reachable(error)
+            if not up and was_up is not False and error is not None:
+                self._log.warning(
+                    "database_unreachable", reason=error.reason.value, error=error.message
+                )
+                self._db.forget_server_info()
+            elif up and was_up is False:
+                self._log.info("database_reachable")
+                # Connections from before the outage point at a dead server process.
+                await self._db.pool.expire_connections()
+            was_up = up
+            self._store.set_database_up(up)
+            wakers = {asyncio.ensure_future(self._now.wait()), asyncio.ensure_future(stop.wait())}
             try:
-                await self._db.fetch("SELECT 1", (), timeout)
-            except QueryError as exc:
-                if exc.reason is ErrorReason.CONNECTION or exc.reason is ErrorReason.TIMEOUT:
-                    if was_up is not False:
-                        log.warning(
-                            "database_unreachable", reason=exc.reason.value, error=exc.message
-                        )
-                        self._db.forget_server_info()
-                    was_up = False
-                    self._store.set_database_up(False)
-            else:
-                if was_up is False:
-                    log.info("database_reachable")
-                    # Connections from before the outage point at a dead server process.
-                    await self._db.pool.expire_connections()
-                was_up = True
-                self._store.set_database_up(True)
-            await asyncio.sleep(self._settings.ping_interval)
-
-
-@dataclass(slots=True)
-class _LoopState:
-    failing: ErrorReason | None = None
-    failed_runs: int = 0
-    skipped: str | None = None
-    last_success: float | None = None
+                await asyncio.wait(wakers, timeout=self._interval, return_when="FIRST_COMPLETED")
+            finally:
+                for waker in wakers:
+                    waker.cancel()

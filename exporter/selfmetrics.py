@@ -1,38 +1,20 @@
-"""The exporter's own metric families, built fresh from the snapshots at every render."""
+"""The exporter's own metric families: per query (from snapshots), per target, per process."""
 
 from __future__ import annotations
 
-import collections
-from collections.abc import Iterable, Iterator, Mapping
-from typing import TYPE_CHECKING
+from collections.abc import Iterable, Iterator
 
 from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from exporter import __version__
-from exporter.db import ErrorReason
-
-if TYPE_CHECKING:
-    from exporter.snapshot import Snapshot
+from exporter.errors import ErrorReason
+from exporter.snapshot import Snapshot
 
 PREFIX = "homepage_exporter_"
 
 
-def families(
-    snapshots: Iterable[Snapshot],
-    errors: Mapping[str, collections.Counter[ErrorReason]],
-    runs: Mapping[str, int],
-    *,
-    database_up: bool | None,
-    reload_successful: bool,
-    reload_timestamp: float,
-) -> Iterator[Metric]:
-    snaps = list(snapshots)
-    if database_up is not None:
-        yield GaugeMetricFamily(
-            PREFIX + "database_up",
-            "1 if the last connection attempt to the database succeeded, else 0.",
-            value=1.0 if database_up else 0.0,
-        )
+def exporter_families(*, reload_successful: bool, reload_timestamp: float) -> Iterator[Metric]:
+    """The process's own facts: build and queries-file reload state."""
     info = GaugeMetricFamily(
         PREFIX + "build_info", "Exporter build information; always 1.", labels=["version"]
     )
@@ -47,6 +29,15 @@ def families(
         PREFIX + "config_last_reload_success_timestamp_seconds",
         "Unix time of the last successful load of the queries file.",
         value=reload_timestamp,
+    )
+
+
+def target_families(snapshots: Iterable[Snapshot], *, database_up: bool) -> Iterator[Metric]:
+    """One watched database: reachable or not, and how each of its queries fares."""
+    yield GaugeMetricFamily(
+        PREFIX + "database_up",
+        "1 if the last connection attempt to the database succeeded, else 0.",
+        value=1.0 if database_up else 0.0,
     )
 
     def per_query(name: str, help_text: str) -> GaugeMetricFamily:
@@ -75,12 +66,12 @@ def families(
         "Failed runs of the query, by reason.",
         labels=["query", "reason"],
     )
-    for snap in snaps:
+    for snap in snapshots:
         name = snap.query.name
         interval.add_metric([name], snap.query.interval)
         stale.add_metric([name], snap.query.stale_after)
         if snap.skipped is not None:
-            skipped.add_metric([name, snap.skipped], 1.0)
+            skipped.add_metric([name, str(snap.skipped)], 1.0)
             continue
         series.add_metric([name], float(snap.series))
         if snap.up is not None:
@@ -88,9 +79,8 @@ def families(
         if snap.duration is not None:
             duration.add_metric([name], snap.duration)
         if snap.last_success is not None:
-            success.add_metric([name], snap.last_success)
-        run_total.add_metric([name], float(runs.get(name, 0)))
-        counts = errors.get(name, collections.Counter())
+            success.add_metric([name], snap.last_success.wall)
+        run_total.add_metric([name], float(snap.runs))
         for reason in ErrorReason:
-            error_total.add_metric([name, reason.value], float(counts[reason]))
+            error_total.add_metric([name, reason.value], float(snap.errors.get(reason, 0)))
     yield from (up, duration, success, interval, stale, series, skipped, run_total, error_total)

@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, unquote, urlsplit
 
 from pydantic import (
     AliasChoices,
@@ -20,7 +20,8 @@ from pydantic import (
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict, SettingsError
 
 from exporter.durations import parse_duration
-from exporter.errors import ConfigError
+from exporter.errors import ConfigError, describe
+from exporter.schema import Param
 
 ENV_PREFIX = "HOMEPAGE_EXPORTER_"
 # 9100-9999 is fully allocated on the Prometheus wiki; 10187 clashes with no well-known exporter.
@@ -124,6 +125,15 @@ class Settings(BaseSettings):
         parts = urlsplit(value.get_secret_value())
         if parts.scheme not in ("postgres", "postgresql"):
             raise ValueError('expected a URL like "postgresql://user@host:5432/dbname"')
+        encode = "percent-encode it (@ %40, / %2F, : %3A, # %23) or use DATABASE_PASSWORD_FILE"
+        if "@" in parts.netloc.rpartition("@")[0]:
+            raise ValueError(f"the password contains '@': {encode}")
+        try:
+            parts.port  # noqa: B018 - raises for a port that is not a number
+        except ValueError:
+            raise ValueError(
+                "the port is not a number; if the password contains / # or ?, " + encode
+            ) from None
         return value
 
     @field_validator("listen_address")
@@ -143,6 +153,13 @@ class Settings(BaseSettings):
     def listen(self) -> ListenAddress:
         return ListenAddress.parse(self.listen_address)
 
+    def query_params(self) -> dict[str, object]:
+        """The values a query may declare under `params:`, by name (schema.Param)."""
+        return {
+            Param.LOCALES: list(self.locales),
+            Param.MEDIA_STORAGE_QUOTA_BYTES: self.media_storage_quota_bytes,
+        }
+
     def database_password(self) -> str | None:
         """The password from DATABASE_PASSWORD_FILE, if set (trailing newline dropped)."""
         if self.database_password_file is None:
@@ -159,9 +176,10 @@ class Settings(BaseSettings):
     def secrets(self) -> tuple[str, ...]:
         """Every secret value, so logs and errors can redact them."""
         found: list[str] = []
-        password = urlsplit(self.database_url.get_secret_value()).password
-        if password:
-            found.append(password)
+        parts = urlsplit(self.database_url.get_secret_value())
+        if parts.password:
+            found += [parts.password, unquote(parts.password)]
+        found += parse_qs(parts.query).get("password", [])  # ?password= works in libpq URLs
         if self.database_password_file is not None:
             try:
                 file_password = self.database_password()
@@ -189,12 +207,14 @@ def load_settings(
         return Settings(**given)
     except ValidationError as exc:
         first = exc.errors()[0]
-        field = str(first["loc"][0]) if first["loc"] else "?"
+        # A field with aliases is reported under the alias it came from (the env name).
+        field = str(first["loc"][0]).removeprefix(ENV_PREFIX).lower() if first["loc"] else "?"
         source = f"flag {_flag_name(field)}" if field in given else f"{ENV_PREFIX}{field.upper()}"
-        message = str(first["msg"]).removeprefix("Value error, ")
-        raise ConfigError(f"setting {source}: {message}") from None
+        raise ConfigError.at(f"setting {source}", describe(first)) from None
     except SettingsError as exc:
         # pydantic-settings words these as: error parsing value for field "X" from source "Y"
         text = str(exc)
         field = text.split('field "', 1)[-1].split('"', 1)[0] if 'field "' in text else "?"
-        raise ConfigError(f"setting {ENV_PREFIX}{field.upper()}: cannot parse the value") from None
+        raise ConfigError.at(
+            f"setting {ENV_PREFIX}{field.upper()}", "cannot parse the value"
+        ) from None

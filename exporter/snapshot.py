@@ -1,132 +1,162 @@
-"""Per-query snapshots and the store that turns the latest ones into the served page."""
+"""What a query last told us, and the one pure rule that turns the next run into the next state.
+
+    transition(previous snapshot, outcome of a run, now) -> (next snapshot, events to log)
+
+The scheduler and `once` both use it; it reads no clock and touches no store, so every rule
+(keep the last values while they are fresh, withdraw them once stale, count runs and errors,
+log a failure once and its recovery once) is unit-tested with a fake clock and no sleeping.
+"""
 
 from __future__ import annotations
 
-import asyncio
-import collections
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, replace
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from types import MappingProxyType
+from typing import Protocol
 
-from prometheus_client import CollectorRegistry, GCCollector, PlatformCollector, ProcessCollector
+from exporter.config import Query
+from exporter.errors import ErrorReason, QueryError
+from exporter.exposition import EMPTY, Fragment
+from exporter.mapping import Family
 
-from exporter import selfmetrics
-from exporter.config import Config, Query
-from exporter.db import ErrorReason
-from exporter.exposition import EMPTY, Fragment, Page
+
+@dataclass(frozen=True, slots=True)
+class Requirement:
+    """Something the server must have for a query to run: an extension or a version."""
+
+    kind: str  # "extension" or "server_version"
+    value: str
+
+    def __str__(self) -> str:
+        return (
+            f"extension:{self.value}"
+            if self.kind == "extension"
+            else f"server_version>={self.value}"
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """What one run of one query produced: values, a classified error, or a skip."""
+
+    query: Query
+    duration: float
+    families: tuple[Family, ...] = ()
+    fragment: Fragment = EMPTY
+    rows: int = 0
+    error: QueryError | None = None
+    skipped: Requirement | None = None
+
+    @property
+    def series(self) -> int:
+        return sum(len(f.samples) for f in self.families)
+
+
+@dataclass(frozen=True, slots=True)
+class Instant:
+    """A moment by both clocks: wall time for what we export, monotonic time for ages."""
+
+    wall: float
+    monotonic: float
+
+
+class Clock(Protocol):
+    def now(self) -> Instant: ...
+
+
+class SystemClock:
+    def now(self) -> Instant:
+        return Instant(time.time(), time.monotonic())
+
+
+_NO_ERRORS: Mapping[ErrorReason, int] = MappingProxyType({})
 
 
 @dataclass(frozen=True, slots=True)
 class Snapshot:
-    """What one query last told us; replaced whole after every run, never mutated."""
+    """Everything known about one query; replaced whole after every run, never mutated."""
 
     query: Query
     fragment: Fragment = EMPTY
     series: int = 0
     up: bool | None = None
-    skipped: str | None = None
+    skipped: Requirement | None = None
     duration: float | None = None
-    last_success: float | None = None
+    last_success: Instant | None = None
+    runs: int = 0
+    errors: Mapping[ErrorReason, int] = field(default_factory=lambda: _NO_ERRORS)
+    failing: ErrorReason | None = None  # the reason of the current run of failures
+    failed_runs: int = 0
 
-    def withdrawn(self) -> Snapshot:
-        return replace(self, fragment=EMPTY, series=0)
+    def carried_to(self, query: Query) -> Snapshot:
+        """This query's counters under a changed definition (after a reload); values start over:
+        they came from the old SQL."""
+        return Snapshot(query, runs=self.runs, errors=self.errors)
 
 
-class Store:
-    """Holds the latest snapshot per query and the page assembled from them."""
+@dataclass(frozen=True, slots=True)
+class Event:
+    """A line to log: the level, the event name and its fields."""
 
-    def __init__(
-        self,
-        config: Config,
-        *,
-        clock: Callable[[], float] = time.time,
-        process_metrics: bool = True,
-        database_metrics: bool = True,
-    ) -> None:
-        """`process_metrics`: include process_*/python_* (once per process, not per target).
-        `database_metrics`: include homepage_exporter_database_up (a target's store does)."""
-        self._clock = clock
-        self._database_metrics = database_metrics
-        self._config = config
-        self._snapshots: dict[str, Snapshot] = {q.name: Snapshot(q) for q in config.enabled}
-        self._errors: dict[str, collections.Counter[ErrorReason]] = collections.defaultdict(
-            collections.Counter
+    level: str  # "info" or "warning"
+    name: str
+    fields: Mapping[str, object] = field(default_factory=dict)
+
+
+def transition(prev: Snapshot, outcome: Outcome, now: Instant) -> tuple[Snapshot, list[Event]]:
+    """The next snapshot of `prev`'s query after `outcome`, and what to log about it."""
+    events: list[Event] = []
+    if outcome.skipped is not None:
+        if prev.skipped != outcome.skipped:
+            events.append(Event("info", "query_skipped", {"requirement": str(outcome.skipped)}))
+        return Snapshot(
+            prev.query, skipped=outcome.skipped, runs=prev.runs, errors=prev.errors
+        ), events
+    runs = prev.runs + 1
+    if outcome.error is None:
+        if prev.failing is not None:
+            events.append(Event("info", "query_recovered", {"failed_runs": prev.failed_runs}))
+        return (
+            Snapshot(
+                prev.query,
+                fragment=outcome.fragment,
+                series=outcome.series,
+                up=True,
+                duration=outcome.duration,
+                last_success=now,
+                runs=runs,
+                errors=prev.errors,
+            ),
+            events,
         )
-        self._runs: collections.Counter[str] = collections.Counter()
-        self.database_up = False
-        self.reload_successful = True
-        self.reload_timestamp = clock()
-        self._process = CollectorRegistry(auto_describe=False)
-        if process_metrics:
-            ProcessCollector(registry=self._process)
-            PlatformCollector(registry=self._process)
-            GCCollector(registry=self._process)
-        self.page = Page.assemble(())
-        self._render_pending = False
-        self.render_now()
-
-    @property
-    def config(self) -> Config:
-        return self._config
-
-    def snapshot(self, name: str) -> Snapshot:
-        return self._snapshots[name]
-
-    def replace_config(self, config: Config) -> None:
-        """Adopt a reloaded config: unchanged queries keep their values, the rest start empty."""
-        old = self._snapshots
-        self._snapshots = {
-            q.name: old[q.name] if q.name in old and old[q.name].query == q else Snapshot(q)
-            for q in config.enabled
-        }
-        self._config = config
-        self.reload_successful = True
-        self.reload_timestamp = self._clock()
-        self.render()
-
-    def publish(self, snapshot: Snapshot) -> None:
-        """Install a query's new snapshot (ignored if the query left the config meanwhile)."""
-        current = self._snapshots.get(snapshot.query.name)
-        if current is None or current.query != snapshot.query:
-            return
-        self._snapshots[snapshot.query.name] = snapshot
-        self.render()
-
-    def count_error(self, name: str, reason: ErrorReason) -> None:
-        self._errors[name][reason] += 1
-
-    def count_run(self, name: str) -> None:
-        self._runs[name] += 1
-
-    def set_database_up(self, up: bool) -> None:
-        if up != self.database_up:
-            self.database_up = up
-            self.render()
-
-    def render(self) -> None:
-        """Re-render soon: once per event-loop turn however many snapshots changed in it
-        (when the database goes down, every query fails in the same instant), or right away
-        outside an event loop."""
-        if self._render_pending:
-            return
-        try:
-            loop = asyncio.get_running_loop()
-        except RuntimeError:
-            self.render_now()
-            return
-        self._render_pending = True
-        loop.call_soon(self.render_now)
-
-    def render_now(self) -> None:
-        """Assemble the page from cached fragments plus freshly built self metrics."""
-        self._render_pending = False
-        own = selfmetrics.families(
-            self._snapshots.values(),
-            self._errors,
-            self._runs,
-            database_up=self.database_up if self._database_metrics else None,
-            reload_successful=self.reload_successful,
-            reload_timestamp=self.reload_timestamp,
+    error = outcome.error
+    errors = dict(prev.errors)
+    errors[error.reason] = errors.get(error.reason, 0) + 1
+    if prev.failing != error.reason:
+        events.append(
+            Event("warning", "query_failed", {"reason": error.reason.value, "error": error.message})
         )
-        own_fragment = Fragment.encode([*own, *self._process.collect()])
-        self.page = Page.assemble([*(s.fragment for s in self._snapshots.values()), own_fragment])
+    fresh = (
+        prev.last_success is not None
+        and now.monotonic - prev.last_success.monotonic <= prev.query.stale_after
+    )
+    if not fresh and prev.series:
+        events.append(
+            Event("info", "query_values_withdrawn", {"stale_after": prev.query.stale_after})
+        )
+    return (
+        replace(
+            prev,
+            fragment=prev.fragment if fresh else EMPTY,
+            series=prev.series if fresh else 0,
+            up=False,
+            skipped=None,
+            duration=outcome.duration,
+            runs=runs,
+            errors=MappingProxyType(errors),
+            failing=error.reason,
+            failed_runs=prev.failed_runs + 1,
+        ),
+        events,
+    )

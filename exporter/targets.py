@@ -1,4 +1,5 @@
-"""Several CMS databases in one process: the targets file, validated into per-target settings.
+"""The databases one process watches: always a list of targets. One from DATABASE_URL, or
+several from a targets file, each served at /probe?target=NAME:
 
 targets:
   - name: eu                      # /probe?target=eu
@@ -10,14 +11,45 @@ targets:
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
 
-from exporter.errors import ConfigError, dotted, first_problem
+from exporter.db import Database
+from exporter.errors import describe
 from exporter.settings import Settings
+from exporter.yamlfile import read_yaml
+
+SINGLE = "default"  # the name of the one target when there is no targets file
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """One watched database: where it is, and the values its queries take as parameters."""
+
+    name: str
+    settings: Settings  # the process settings with this target's database and scope
+    probed: bool  # from a targets file: served at /probe?target=NAME, named in logs
+
+    @property
+    def params(self) -> Mapping[str, object]:
+        return self.settings.query_params()
+
+    def open_database(self) -> Database:
+        s = self.settings
+        return Database(
+            s.database_url.get_secret_value(),
+            password=s.database_password(),
+            pool_size=s.pool_size,
+            statement_cache_size=s.statement_cache_size,
+            connect_timeout=s.connect_timeout,
+        )
+
+    def secrets(self) -> tuple[str, ...]:
+        return self.settings.secrets()
 
 
 class TargetSpec(BaseModel):
@@ -36,41 +68,35 @@ class TargetsFile(BaseModel):
     targets: Annotated[tuple[TargetSpec, ...], Field(min_length=1)]
 
 
-def load_targets(path: Path, base: Settings) -> dict[str, Settings]:
-    """Per-target settings: the process settings with each target's database and scope."""
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
-    except (yaml.YAMLError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{path}: invalid YAML: {type(exc).__name__}") from None
-    try:
-        spec = TargetsFile.model_validate(data)
-    except ValidationError as exc:
-        loc, message = first_problem(exc)
-        if len(loc) >= 2 and loc[0] == "targets" and loc[1].isdigit() and isinstance(data, dict):
-            entry = data["targets"][int(loc[1])]
-            if isinstance(entry, dict) and isinstance(entry.get("name"), str):
-                loc[1] = entry["name"]
-        raise ConfigError(f"{path}: {dotted(loc)}: {message}") from None
-    out: dict[str, Settings] = {}
-    for target in spec.targets:
+def load_targets(settings: Settings) -> list[Target]:
+    """The targets of this process: the targets file's, or the one DATABASE_URL names."""
+    if settings.targets_file is None:
+        return [Target(SINGLE, settings, probed=False)]
+    path = settings.targets_file
+    doc = read_yaml(path)
+    spec = doc.validate(TargetsFile)  # no values in messages: the file holds URLs
+    out: dict[str, Target] = {}
+    for index, target in enumerate(spec.targets):
         if target.name in out:
-            raise ConfigError(f"{path}: targets.{target.name}: name is used twice")
+            raise doc.error(("targets", index, "name"), "name is used twice")
         try:
-            settings = Settings.model_validate(
+            per_target = Settings.model_validate(
                 {
-                    **base.model_dump(),
+                    **settings.model_dump(),
                     "database_url": target.database_url,
                     "database_password_file": target.database_password_file,
-                    "locales": target.locales or base.locales,
+                    "locales": target.locales or settings.locales,
                     "media_storage_quota_bytes": target.media_storage_quota_bytes,
                 }
             )
         except ValidationError as exc:
             first = exc.errors()[0]
-            field = ".".join(str(p) for p in first["loc"])
-            raise ConfigError(f"{path}: targets.{target.name}.{field}: {first['msg']}") from None
-        settings.database_password()  # an unreadable password file fails now, not at 3 a.m.
-        out[target.name] = settings
-    return out
+            raise doc.error(("targets", index, *first["loc"]), describe(first)) from None
+        per_target.database_password()  # an unreadable password file fails now, not at 3 a.m.
+        out[target.name] = Target(target.name, per_target, probed=True)
+    return list(out.values())
+
+
+def secrets_of(targets: list[Target]) -> tuple[str, ...]:
+    """Every password any target's URL or password file holds."""
+    return tuple(s for t in targets for s in t.secrets())

@@ -9,14 +9,15 @@ import hashlib
 import ssl
 import threading
 from collections import OrderedDict
+from dataclasses import replace
 from pathlib import Path
 from typing import Literal
 
 import bcrypt
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from exporter.errors import ConfigError, dotted, first_problem
+from exporter.errors import ConfigError
+from exporter.yamlfile import read_yaml
 
 TLS_VERSIONS = {
     "TLS10": ssl.TLSVersion.TLSv1,
@@ -221,19 +222,12 @@ def _ssl_context(path: Path, tls: TLSServerConfig) -> ssl.SSLContext:
 
 def load_web_config(path: Path) -> WebConfig:
     """Read and validate a web config file, or raise `ConfigError` naming the key."""
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
-    except (yaml.YAMLError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{path}: invalid YAML: {type(exc).__name__}") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: expected a mapping (tls_server_config, basic_auth_users)")
-    try:
-        spec = WebConfigFile.model_validate(data)
-    except ValidationError as exc:
-        loc, message = first_problem(exc)
-        raise ConfigError(f"{path}: {dotted(loc)}: {message}") from None
+    doc = read_yaml(path)
+    if doc.data is None:  # an empty file: no TLS, no auth
+        doc = replace(doc, data={})
+    if not isinstance(doc.data, dict):
+        raise ConfigError.at(path, "expected a mapping (tls_server_config, basic_auth_users)")
+    spec = doc.validate(WebConfigFile)  # no values in messages: the file holds password hashes
     context = _ssl_context(path, spec.tls_server_config) if spec.tls_server_config else None
     return WebConfig(
         ssl_context=context,

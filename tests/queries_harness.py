@@ -6,11 +6,12 @@ import asyncio
 import itertools
 from dataclasses import dataclass
 
-from exporter.app import open_database
 from exporter.config import Query, load_config
 from exporter.demo.cluster import Cluster
-from exporter.scheduler import Outcome, run_query
+from exporter.scheduler import run_query
 from exporter.settings import SHIPPED_QUERIES, Settings, load_settings
+from exporter.snapshot import Outcome
+from exporter.targets import load_targets
 from tests.conftest import TEMPLATE, exporter_dsn
 
 _names = itertools.count()
@@ -50,8 +51,9 @@ def run_named(pg: Cluster, database: str, name: str, **overrides: object) -> Out
     settings = settings_for(pg, database, **overrides)
 
     async def go() -> Outcome:
-        async with open_database(settings) as db:
-            return await run_query(db, shipped(name), settings)
+        (target,) = load_targets(settings)
+        async with target.open_database() as db:
+            return await run_query(db, shipped(name), target.params, settings.max_series_per_query)
 
     return asyncio.run(go())
 

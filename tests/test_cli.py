@@ -199,3 +199,59 @@ def test_settings_repr_hides_the_url_password() -> None:
     settings = load_settings({"database_url": "postgresql://u:Hidden-pw1@h/db"})
     assert "Hidden-pw1" not in repr(settings)
     assert "Hidden-pw1" not in str(settings)
+
+
+def test_no_output_names_a_password_from_a_targets_file(tmp_path: Path) -> None:
+    """Passwords in a targets file's URLs (and password files) are masked like DATABASE_URL's:
+    every target unreachable, every command, the logs at debug, and the served pages."""
+    from exporter.demo.cluster import free_port
+    from tests.harness import Exporter, wait_for
+
+    closed = free_port()  # nothing listens there
+    secrets = {
+        "eu": "Eu-secret-7f3c1",
+        "us": "Us-secret-9c1d2",
+        "apac": "Apac-secret-2d8e3",
+        "latam": "Latam-secret-5b6a4",
+    }
+    (tmp_path / "latam-password").write_text(secrets["latam"] + "\n")
+    (tmp_path / "targets.yaml").write_text(f"""
+targets:
+  - name: eu
+    database_url: postgresql://homepage_exporter:{secrets["eu"]}@127.0.0.1:{closed}/cms
+  - name: us
+    database_url: postgresql://homepage_exporter:{secrets["us"]}@no-such-host.invalid:5432/cms
+  - name: apac
+    database_url: postgresql://homepage_exporter@127.0.0.1:{closed}/cms?password={secrets["apac"]}
+  - name: latam
+    database_url: postgresql://homepage_exporter@[::1]:{closed}/cms
+    database_password_file: {tmp_path / "latam-password"}
+""")
+    queries = write_queries(tmp_path / "q.yaml", ONE)
+    env = {
+        "HOMEPAGE_EXPORTER_TARGETS_FILE": str(tmp_path / "targets.yaml"),
+        "HOMEPAGE_EXPORTER_QUERIES_FILE": str(queries),
+        "HOMEPAGE_EXPORTER_LOG_LEVEL": "debug",
+        "HOMEPAGE_EXPORTER_CONNECT_TIMEOUT": "1s",
+        "HOMEPAGE_EXPORTER_PING_INTERVAL": "1s",
+    }
+    seen = []
+    for args in (("check", "--connect"), *(("once", "--target", name) for name in secrets)):
+        result = cli(*args, env=env)
+        assert result.returncode == 1, result.stderr
+        seen.append(result.stdout + result.stderr)
+    assert "connecting to 127.0.0.1" in "\n".join(seen)  # the failures were reported
+    exporter = Exporter(env)
+    try:
+        exporter.wait_healthy()
+        wait_for(lambda: "database_unreachable" in exporter.logs, 10, "unreachable logged")
+        for path in ("/metrics", *(f"/probe?target={name}" for name in secrets)):
+            seen.append(exporter.get(path)[2].decode())
+    finally:
+        exporter.stop()
+        seen.append(exporter.logs)
+        exporter.close()
+    everything = "\n".join(seen)
+    for name, secret in secrets.items():
+        assert secret not in everything, name
+    assert "Traceback" not in everything

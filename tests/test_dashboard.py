@@ -33,9 +33,10 @@ def panels() -> Iterator[dict[str, Any]]:
 
 def known_metrics() -> set[str]:
     names = {m.name for q in load_config(SHIPPED_QUERIES).queries for m in q.metrics}
-    own = selfmetrics.families(
-        [], {}, {}, database_up=True, reload_successful=True, reload_timestamp=0
-    )
+    own = [
+        *selfmetrics.target_families([], database_up=True),
+        *selfmetrics.exporter_families(reload_successful=True, reload_timestamp=0),
+    ]
     names |= {f.name + ("_total" if f.type == "counter" else "") for f in own}
     names |= {record for _, record, _ in RECORDING_RULES}
     return names | {"up", "ALERTS"}

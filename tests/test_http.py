@@ -13,13 +13,15 @@ from exporter.config import load_config
 from exporter.demo.cluster import free_port
 from exporter.http import HttpServer
 from exporter.settings import SHIPPED_QUERIES, ListenAddress
-from exporter.snapshot import Store
+from exporter.store import TargetStore
 
 
 async def serve() -> tuple[HttpServer, int]:
     port = free_port()
     server = HttpServer(
-        Store(load_config(SHIPPED_QUERIES)), ListenAddress("127.0.0.1", port), ready=lambda: True
+        TargetStore(load_config(SHIPPED_QUERIES)),
+        ListenAddress("127.0.0.1", port),
+        ready=lambda: True,
     )
     await server.__aenter__()
     return server, port

@@ -9,7 +9,7 @@ from decimal import Decimal
 import pytest
 
 from exporter.config import Metric, Query
-from exporter.db import ErrorReason, QueryError
+from exporter.errors import ErrorReason, QueryError
 from exporter.mapping import map_rows, to_label, to_value
 from exporter.schema import MetricType
 

@@ -9,12 +9,13 @@ from pathlib import Path
 
 import pytest
 
-from exporter.app import open_database
 from exporter.config import load_config
 from exporter.demo.cluster import Cluster
 from exporter.demo.database import create_cms_database
-from exporter.scheduler import Outcome, run_query
+from exporter.scheduler import run_query
 from exporter.settings import SHIPPED_QUERIES
+from exporter.snapshot import Outcome
+from exporter.targets import load_targets
 from tests.harness import EXPORTER_PASSWORD
 from tests.queries_harness import settings_for, shipped
 
@@ -54,9 +55,12 @@ def test_every_default_query_finishes_within_its_timeout(pg: Cluster, scaled: st
     settings = settings_for(pg, scaled, locales="en,de,fr", media_storage_quota_bytes=10**12)
 
     async def run_each() -> list[Outcome]:
-        async with open_database(settings) as db:
+        (target,) = load_targets(settings)
+        cap = settings.max_series_per_query
+        async with target.open_database() as db:
             # One at a time: each query's time is its own, not a wait for the pool.
-            return [await run_query(db, q, settings) for q in load_config(SHIPPED_QUERIES).enabled]
+            queries = load_config(SHIPPED_QUERIES).enabled
+            return [await run_query(db, q, target.params, cap) for q in queries]
 
     for outcome in asyncio.run(run_each()):
         assert outcome.error is None, (outcome.query.name, outcome.error)

@@ -120,18 +120,36 @@ def test_single_database_mode_has_no_probe(
         (
             "targets:\n  - {name: a, database_url: 'postgresql://h/d'}\n"
             "  - {name: a, database_url: 'postgresql://h/e'}\n",
-            "targets.a: name is used twice",
+            "targets.yaml:3: targets.a.name: name is used twice",
         ),
         (
             "targets:\n  - {name: a, database_url: 'mysql://h/d'}\n",
-            "targets.a.database_url: Value error, expected a URL like",
+            "targets.a.database_url: expected a URL like",
         ),
         (
             "targets:\n  - {name: a, database_url: 'postgresql://h/d', database_password_file: /nope}\n",
             "cannot read /nope",
         ),
+        (
+            "targets:\n  - name: a\n    database_url: postgresql://h/d\n"
+            "    database_url: postgresql://h/e\n",
+            "targets.yaml:4: targets[0].database_url: duplicate key (first at line 3)",
+        ),
+        (
+            "base: &b {database_url: 'postgresql://h/d'}\ntargets:\n  - {name: a, <<: *b}\n",
+            "targets.yaml:3: invalid YAML: aliases (*name) are not supported",
+        ),
     ],
-    ids=["empty", "unknown-key", "bad-name", "duplicate", "bad-url", "password-file"],
+    ids=[
+        "empty",
+        "unknown-key",
+        "bad-name",
+        "duplicate",
+        "bad-url",
+        "password-file",
+        "duplicate-key",
+        "alias",
+    ],
 )
 def test_bad_targets_files_name_the_target_and_key(
     tmp_path: Path, text: str, expected: str
@@ -139,7 +157,7 @@ def test_bad_targets_files_name_the_target_and_key(
     path = tmp_path / "targets.yaml"
     path.write_text(text)
     with pytest.raises(ConfigError) as caught:
-        load_targets(path, Settings())
+        load_targets(Settings(targets_file=path))
     assert expected in str(caught.value)
 
 

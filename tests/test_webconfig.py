@@ -169,10 +169,24 @@ def test_a_good_password_is_checked_once_then_cached(secured: Exporter) -> None:
             "tls_server_config:\n  cert_file: a\n  key_file: b\n  cipher_suites: [X]\n",
             "tls_server_config.cipher_suites: unknown key",
         ),
-        ("unauthenticated_paths: [/metrics]\n", "unauthenticated_paths.0: Input should be"),
+        (
+            "unauthenticated_paths: [/metrics]\n",
+            "web.yml:1: unauthenticated_paths[0]: Input should be",
+        ),
         ("- a list\n", "expected a mapping"),
+        (
+            "basic_auth_users:\n  alice: $2b$04$x\n  alice: $2b$04$y\n",
+            "web.yml:3: basic_auth_users.alice: duplicate key (first at line 2)",
+        ),
     ],
-    ids=["missing-cert", "plain-password", "unsupported-key", "open-metrics", "not-mapping"],
+    ids=[
+        "missing-cert",
+        "plain-password",
+        "unsupported-key",
+        "open-metrics",
+        "not-mapping",
+        "duplicate-user",
+    ],
 )
 def test_bad_web_config_names_the_key(tmp_path: Path, text: str, expected: str) -> None:
     path = tmp_path / "web.yml"

@@ -72,11 +72,10 @@ def _self_sections() -> Iterator[str]:
     yield "## The exporter's own metrics\n"
     yield "| metric | type | labels | meaning |"
     yield "|---|---|---|---|"
-    families: list[ClientMetric] = list(
-        selfmetrics.families(
-            [], {}, {}, database_up=True, reload_successful=True, reload_timestamp=0.0
-        )
-    )
+    families: list[ClientMetric] = [
+        *selfmetrics.target_families([], database_up=True),
+        *selfmetrics.exporter_families(reload_successful=True, reload_timestamp=0.0),
+    ]
     for family in families:
         name = family.name + ("_total" if family.type == "counter" else "")
         labels = ", ".join(f"`{x}`" for x in getattr(family, "_labelnames", ())) or "-"

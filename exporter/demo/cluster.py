@@ -161,21 +161,25 @@ class Cluster:
         if self._user is not None:
             os.chown(path, self._user.pw_uid, self._user.pw_gid)
 
+    def _folder(self) -> Path:
+        if self.base is None:  # set by __post_init__; None only if someone reset it
+            raise ClusterError("the cluster has no folder")
+        return self.base
+
     def write_private(self, name: str, content: str | bytes) -> Path:
         """A file in the cluster's folder that only the server's user can read (keys, certs)."""
-        assert self.base is not None
-        path = self.base / name
+        path = self._folder() / name
         path.write_bytes(content.encode() if isinstance(content, str) else content)
         path.chmod(0o600)
         self._chown(path)
         return path
 
     def init(self) -> Cluster:
-        assert self.base is not None
-        self.base.mkdir(parents=True, exist_ok=True)
-        self.base.chmod(0o755)
-        self._chown(self.base)
-        pwfile = self.base / "pwfile"
+        base = self._folder()
+        base.mkdir(parents=True, exist_ok=True)
+        base.chmod(0o755)
+        self._chown(base)
+        pwfile = base / "pwfile"
         pwfile.write_text(self.password + "\n")
         self._chown(pwfile)
         self._run(

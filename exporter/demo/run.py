@@ -7,7 +7,10 @@ import contextlib
 import secrets
 import socket
 import sys
+from collections.abc import Coroutine
 from pathlib import Path
+
+import uvloop
 
 from exporter.app import Daemon
 from exporter.config import load_config
@@ -17,6 +20,7 @@ from exporter.demo.simulator import Simulator
 from exporter.errors import ConfigError
 from exporter.logs import get_logger
 from exporter.settings import DEFAULT_PORT, Settings, load_settings
+from exporter.targets import load_targets
 
 DATABASE = "homepage"
 LOCALES = "en,de,fr"
@@ -48,7 +52,7 @@ def prepare(cluster: Cluster, password: str) -> None:
 
 
 async def _serve(settings: Settings, cluster: Cluster) -> None:
-    daemon = Daemon(settings, load_config(settings.queries_file))
+    daemon = Daemon(settings, load_config(settings.queries_file), load_targets(settings))
     simulator = Simulator(
         cluster.url(database=DATABASE), daemon.log, has_cron="pg_cron" in cluster.preload
     )
@@ -107,10 +111,5 @@ def demo(listen_address: str | None, queries_file: Path | None) -> int:
         log.info("demo_stopped")
 
 
-def _run_loop(main: object) -> None:
-    try:
-        import uvloop
-    except ImportError:  # pragma: no cover
-        asyncio.run(main)  # type: ignore[arg-type]
-        return
-    uvloop.run(main)  # type: ignore[arg-type]
+def _run_loop(main: Coroutine[object, object, None]) -> None:
+    uvloop.run(main)

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
-from exporter.errors import ConfigError, dotted, first_problem
+from exporter.yamlfile import read_yaml
 
 
 class Tiers(BaseModel):
@@ -55,13 +54,4 @@ class Thresholds(BaseModel):
 
 
 def load_thresholds(path: Path) -> Thresholds:
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-        return Thresholds.model_validate(data)
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: invalid YAML: {exc}") from None
-    except ValidationError as exc:
-        loc, message = first_problem(exc)
-        raise ConfigError(f"{path}: {dotted(loc)}: {message}") from None
+    return read_yaml(path).validate(Thresholds, show_input=True)

@@ -1,0 +1,165 @@
+"""Stores: the latest state, and the page pre-rendered from it that HTTP hands out.
+
+- `TargetStore`: one watched database: a snapshot per query and whether the database is up.
+- `ExporterStore`: the process: build info, the queries file's reload state, process metrics.
+- `Joined`: several stores served as one page (/metrics with a single database).
+
+A store re-renders once per event-loop turn however many things changed in it (when the
+database goes down every query fails in the same instant), and its page is final bytes: a
+scrape only picks them. Once any client has asked for gzip, the render compresses too, so
+that no scrape pays for compression.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Iterable, Sequence
+
+from prometheus_client import CollectorRegistry, GCCollector, PlatformCollector, ProcessCollector
+
+from exporter import selfmetrics
+from exporter.config import Config
+from exporter.exposition import Fragment, Page
+from exporter.snapshot import Clock, Snapshot, SystemClock
+
+
+class Store:
+    """A page assembled from fragments, re-rendered when they change; listeners re-render
+    with it."""
+
+    def __init__(self) -> None:
+        self.page = Page.assemble(())
+        self.gzip_wanted: set[bool] = set()  # the formats (OpenMetrics?) asked for gzipped
+        self._fragments: tuple[Fragment, ...] = ()
+        self._render_pending = False
+        self._listeners: list[Callable[[], None]] = []
+
+    def fragments(self) -> tuple[Fragment, ...]:
+        """The fragments of the last render."""
+        return self._fragments
+
+    def build(self) -> Iterable[Fragment]:
+        raise NotImplementedError
+
+    def on_render(self, listener: Callable[[], None]) -> None:
+        self._listeners.append(listener)
+
+    def want_gzip(self, openmetrics: bool) -> None:
+        """A client asked for this format gzipped: from now on every render compresses it."""
+        self.gzip_wanted.add(openmetrics)
+
+    def render(self) -> None:
+        """Re-render soon: once per event-loop turn, or right away outside an event loop."""
+        if self._render_pending:
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            self.render_now()
+            return
+        self._render_pending = True
+        loop.call_soon(self.render_now)
+
+    def render_now(self) -> None:
+        self._render_pending = False
+        self._fragments = tuple(self.build())
+        page = Page.assemble(self._fragments)
+        for openmetrics in self.gzip_wanted:
+            page.body(openmetrics=openmetrics, gzipped=True)  # compressed now, not in a scrape
+        self.page = page
+        for listener in self._listeners:
+            listener()
+
+
+class TargetStore(Store):
+    """One database: the latest snapshot of each enabled query, and whether it is reachable."""
+
+    def __init__(self, config: Config) -> None:
+        super().__init__()
+        self._snapshots: dict[str, Snapshot] = {q.name: Snapshot(q) for q in config.enabled}
+        self.database_up = False
+        self.render_now()
+
+    @property
+    def snapshots(self) -> Sequence[Snapshot]:
+        return tuple(self._snapshots.values())
+
+    def snapshot(self, name: str) -> Snapshot | None:
+        return self._snapshots.get(name)
+
+    def replace_config(self, config: Config) -> None:
+        """Adopt a reloaded config: unchanged queries keep their state, changed ones keep only
+        their counters, new ones start empty."""
+        old = self._snapshots
+        self._snapshots = {}
+        for query in config.enabled:
+            before = old.get(query.name)
+            if before is None:
+                self._snapshots[query.name] = Snapshot(query)
+            else:
+                self._snapshots[query.name] = (
+                    before if before.query == query else before.carried_to(query)
+                )
+        self.render()
+
+    def publish(self, snapshot: Snapshot) -> None:
+        """Install a query's next snapshot (ignored if the query changed or left meanwhile)."""
+        current = self._snapshots.get(snapshot.query.name)
+        if current is None or current.query != snapshot.query:
+            return
+        self._snapshots[snapshot.query.name] = snapshot
+        self.render()
+
+    def set_database_up(self, up: bool) -> None:
+        if up != self.database_up:
+            self.database_up = up
+            self.render()
+
+    def build(self) -> Iterable[Fragment]:
+        for snap in self._snapshots.values():
+            yield snap.fragment
+        yield Fragment.encode(
+            selfmetrics.target_families(self._snapshots.values(), database_up=self.database_up)
+        )
+
+
+class ExporterStore(Store):
+    """The process's own page: build info, reload state, process and runtime metrics."""
+
+    def __init__(self, clock: Clock | None = None) -> None:
+        super().__init__()
+        self._clock = clock or SystemClock()
+        self.reload_successful = True
+        self.reload_timestamp = self._clock.now().wall
+        self._process = CollectorRegistry(auto_describe=False)
+        ProcessCollector(registry=self._process)
+        PlatformCollector(registry=self._process)
+        GCCollector(registry=self._process)
+        self.render_now()
+
+    def reloaded(self, ok: bool) -> None:
+        self.reload_successful = ok
+        if ok:
+            self.reload_timestamp = self._clock.now().wall
+        self.render()
+
+    def build(self) -> Iterable[Fragment]:
+        own = selfmetrics.exporter_families(
+            reload_successful=self.reload_successful, reload_timestamp=self.reload_timestamp
+        )
+        yield Fragment.encode([*own, *self._process.collect()])
+
+
+class Joined(Store):
+    """Several stores as one page, re-rendered whenever one of them renders."""
+
+    def __init__(self, parts: Sequence[Store]) -> None:
+        super().__init__()
+        self._parts = tuple(parts)
+        for part in self._parts:
+            part.on_render(self.render)
+        self.render_now()
+
+    def build(self) -> Iterable[Fragment]:
+        for part in self._parts:
+            yield from part.fragments()

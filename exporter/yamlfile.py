@@ -1,0 +1,117 @@
+"""The one reader of every YAML file the project takes: queries, targets, web config and the
+alert thresholds. Size-capped, UTF-8, no aliases (no billion laughs), duplicate keys refused,
+and every node's line kept so that an error can name the line and the key."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+from exporter.errors import ConfigError, describe, key_path
+
+MAX_FILE_BYTES = 1 << 20
+Loc = tuple[str | int, ...]
+Model = TypeVar("Model", bound=BaseModel)
+
+
+@dataclass(frozen=True, slots=True)
+class Document:
+    """A parsed YAML file: its data and the line each key path starts on."""
+
+    path: Path
+    data: object
+    lines: Mapping[Loc, int]
+
+    def error(self, loc: Loc, message: str) -> ConfigError:
+        """A `ConfigError` at `loc`: `file:line: key.path: message`."""
+        line = next(
+            (self.lines[loc[:n]] for n in range(len(loc), -1, -1) if loc[:n] in self.lines), None
+        )
+        return ConfigError.at(self.path, message, line=line, key=key_path(loc, self.data))
+
+    def validate(self, model: type[Model], *, show_input: bool = False) -> Model:
+        """The data as `model`, or a `ConfigError` naming the first problem's line and key
+        (and, with `show_input`, the value refused: not for files that hold secrets)."""
+        try:
+            return model.model_validate(self.data)
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            message = describe(first, show_input=show_input)
+            raise self.error(tuple(first["loc"]), message) from None
+
+
+class _Loader(yaml.SafeLoader):
+    """SafeLoader that refuses aliases."""
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()  # type: ignore[no-untyped-call]
+            raise yaml.MarkedYAMLError(
+                None, None, "aliases (*name) are not supported", event.start_mark
+            )
+        return super().compose_node(parent, index)
+
+
+def _lines(node: yaml.Node, loc: Loc, out: dict[Loc, int], path: Path) -> None:
+    out[loc] = node.start_mark.line + 1
+    if isinstance(node, yaml.MappingNode):
+        seen: dict[str, int] = {}
+        for key_node, value_node in node.value:
+            key = str(key_node.value)
+            line = key_node.start_mark.line + 1
+            if key in seen:
+                raise ConfigError.at(
+                    path,
+                    f"duplicate key (first at line {seen[key]})",
+                    line=line,
+                    key=key_path((*loc, key)),
+                )
+            seen[key] = line
+            _lines(value_node, (*loc, key), out, path)
+    elif isinstance(node, yaml.SequenceNode):
+        for index, item in enumerate(node.value):
+            _lines(item, (*loc, index), out, path)
+
+
+def read_yaml(path: Path, *, max_bytes: int = MAX_FILE_BYTES) -> Document:
+    """Read and parse `path`, or raise `ConfigError` saying what is wrong and where."""
+    try:
+        size = path.stat().st_size
+        if size > max_bytes:
+            raise ConfigError.at(path, f"file is {size} bytes, the limit is {max_bytes}")
+        text = path.read_text(encoding="utf-8")
+    except ConfigError:
+        raise
+    except FileNotFoundError:
+        raise ConfigError.at(path, "no such file") from None
+    except IsADirectoryError:
+        raise ConfigError.at(path, "is a directory, expected a YAML file") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError.at(path, f"not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    except OSError as exc:
+        raise ConfigError.at(path, f"cannot read: {exc.strerror}") from None
+    lines: dict[Loc, int] = {}
+    try:
+        loader = _Loader(text)
+        try:
+            node = loader.get_single_node()
+            data = None
+            if node is not None:
+                _lines(node, (), lines, path)
+                data = loader.construct_document(node)
+        finally:
+            loader.dispose()
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        line = mark.line + 1 if mark else None
+        raise ConfigError.at(
+            path, f"invalid YAML: {exc.problem or exc.context}", line=line
+        ) from None
+    except (yaml.YAMLError, RecursionError) as exc:
+        raise ConfigError.at(path, f"invalid YAML: {type(exc).__name__}") from None
+    return Document(path, data, lines)
