@@ -4,6 +4,13 @@
 -- Run as a superuser on a database with the reference schema; takes ~30 s at scale=10.
 \set ON_ERROR_STOP on
 SET synchronous_commit = off;
+-- The rows are consistent by construction: skip the per-row foreign-key checks while loading
+-- (the triggers that enforce them; the CMS tables have no others). Halves the load time.
+SET session_replication_role = replica;
+-- Secondary indexes are built once after the load rather than maintained row by row; the
+-- schema's definitions are restored verbatim at the end.
+SET maintenance_work_mem = '256MB';
+DROP INDEX idx_section_versions_history, idx_media_assets_created;
 
 INSERT INTO homepage_sections (section_key, locale, section_type, status, is_active, display_order)
 SELECT 'section-' || g, l, 'product_grid',
@@ -39,5 +46,8 @@ SELECT hs.id, hs.published_version_id, now() - ((g % 1000) || ' minutes')::inter
 FROM generate_series(1, 3000 * :scale) AS g
 JOIN homepage_sections hs ON hs.display_order = 1 + g % (50 * :scale) AND hs.locale = 'en'
 WHERE hs.published_version_id IS NOT NULL;
+
+CREATE INDEX idx_section_versions_history ON section_versions (section_id, version_number DESC);
+CREATE INDEX idx_media_assets_created ON media_assets (created_at);
 
 VACUUM ANALYZE;

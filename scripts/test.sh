@@ -36,7 +36,7 @@ if [[ ! -x .venv/bin/python ]]; then
 fi
 echo "==> installing the package and test tools"
 .venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test]' 2>&1 | grep -v '^WARNING: Location' || true
-.venv/bin/python -c "import exporter, asyncpg, prometheus_client, pytest" # fail early if pip failed
+.venv/bin/python -c "import exporter, asyncpg, prometheus_client, pytest, xdist" # fail early if pip failed
 
 echo "==> ruff"
 .venv/bin/ruff check .
@@ -44,4 +44,6 @@ echo "==> ruff"
 echo "==> mypy --strict"
 .venv/bin/mypy
 echo "==> pytest"
-exec .venv/bin/pytest "$@"
+# One worker per core (at most four), a test file per worker at a time: each worker starts its
+# own throwaway clusters and services, so no two tests share a server's state by accident.
+exec .venv/bin/pytest -n auto --maxprocesses 4 --dist loadfile "$@"

@@ -228,6 +228,7 @@ def test_every_threshold_in_the_thresholds_file_has_an_edge() -> None:
 
 
 @pytest.mark.skipif(PROMTOOL is None, reason="promtool is not installed")
+@pytest.mark.slow
 def test_alerts_fire_exactly_at_their_edges(tmp_path: Path) -> None:
     assert PROMTOOL is not None
     shutil.copy(RULES, tmp_path / RULES.name)

@@ -66,6 +66,7 @@ def test_promtool_check_rules_with_lint() -> None:
 
 
 @promtool
+@pytest.mark.slow
 def test_promtool_unit_tests_pass() -> None:
     result = subprocess.run(
         ["promtool", "test", "rules", str(RULES_TEST)], capture_output=True, text=True, check=False

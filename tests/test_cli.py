@@ -167,6 +167,7 @@ def test_check_connect_reports_each_query(pg: Cluster, tmp_path: Path) -> None:
     assert lines[-1] == "1 ok, 1 failed"
 
 
+@pytest.mark.slow
 def test_no_output_of_a_failing_run_contains_the_password(pg: Cluster, tmp_path: Path) -> None:
     """Every command, failing against a server that rejects the password: scan all it prints."""
     secret = "Pa55-word-that-must-not-leak"
@@ -201,6 +202,7 @@ def test_settings_repr_hides_the_url_password() -> None:
     assert "Hidden-pw1" not in str(settings)
 
 
+@pytest.mark.slow
 def test_no_output_names_a_password_from_a_targets_file(tmp_path: Path) -> None:
     """Passwords in a targets file's URLs (and password files) are masked like DATABASE_URL's:
     every target unreachable, every command, the logs at debug, and the served pages."""

@@ -22,7 +22,11 @@ from tests.harness import EXPORTER_PASSWORD, wait_for
 from tests.queries_harness import run_named, shipped, values
 
 
-@pytest.fixture(scope="module", params=SERVERS)
+@pytest.fixture(
+    scope="module",
+    # The daily loop (-m "not slow") answers on the Supabase-like 15; the whole suite on all.
+    params=[pytest.param(s, marks=[] if s == "system" else [pytest.mark.slow]) for s in SERVERS],
+)
 def pg(request: pytest.FixtureRequest, servers: Servers) -> Cluster:
     """Every answer test runs on each PostgreSQL major version available here."""
     return servers.get(request.param)
