@@ -51,6 +51,11 @@ def _lower(value: object) -> object:
     return value.lower() if isinstance(value, str) else value
 
 
+def _empty_is_unset(value: object) -> object:
+    """`NAME=` in the environment or .env means "not set", not the current directory."""
+    return None if isinstance(value, str) and not value.strip() else value
+
+
 def _split_list(value: object) -> object:
     if isinstance(value, str):
         return tuple(part.strip() for part in value.split(",") if part.strip())
@@ -102,7 +107,7 @@ class Settings(BaseSettings):
         default=SecretStr("postgresql://localhost:5432/postgres"),
         validation_alias=AliasChoices(f"{ENV_PREFIX}DATABASE_URL", "DATABASE_URL", "database_url"),
     )
-    database_password_file: Path | None = None
+    database_password_file: Annotated[Path | None, BeforeValidator(_empty_is_unset)] = None
     listen_address: str = f":{DEFAULT_PORT}"
     queries_file: Path = SHIPPED_QUERIES
     log_level: Annotated[LogLevel, BeforeValidator(_lower)] = LogLevel.INFO
@@ -114,8 +119,8 @@ class Settings(BaseSettings):
         default=10.0, ge=1, le=86400
     )
     max_series_per_query: int = Field(default=10_000, ge=1)
-    web_config_file: Path | None = None
-    targets_file: Path | None = None
+    web_config_file: Annotated[Path | None, BeforeValidator(_empty_is_unset)] = None
+    targets_file: Annotated[Path | None, BeforeValidator(_empty_is_unset)] = None
     locales: Annotated[tuple[str, ...], NoDecode, BeforeValidator(_split_list)] = ("en",)
     media_storage_quota_bytes: int | None = Field(default=None, gt=0)
 
@@ -168,9 +173,9 @@ class Settings(BaseSettings):
             return self.database_password_file.read_text(encoding="utf-8").rstrip("\r\n")
         except (OSError, UnicodeDecodeError) as exc:
             reason = getattr(exc, "strerror", None) or type(exc).__name__
-            raise ConfigError(
-                f"{ENV_PREFIX}DATABASE_PASSWORD_FILE: cannot read {self.database_password_file}: "
-                f"{reason}"
+            raise ConfigError.at(
+                f"setting {ENV_PREFIX}DATABASE_PASSWORD_FILE",
+                f"cannot read {self.database_password_file}: {reason}",
             ) from None
 
     def secrets(self) -> tuple[str, ...]:

@@ -191,28 +191,31 @@ def _ssl_context(path: Path, tls: TLSServerConfig) -> ssl.SSLContext:
     for key in ("cert_file", "key_file", "client_ca_file"):
         file = getattr(tls, key)
         if file is not None and not resolve(file).is_file():
-            raise ConfigError(f"{path}: tls_server_config.{key}: no such file {resolve(file)}")
+            raise ConfigError.at(
+                path, f"no such file {resolve(file)}", key=f"tls_server_config.{key}"
+            )
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.minimum_version = TLS_VERSIONS[tls.min_version]
     context.maximum_version = TLS_VERSIONS[tls.max_version]
     try:
         context.load_cert_chain(resolve(tls.cert_file), resolve(tls.key_file))
     except (ssl.SSLError, OSError) as exc:
-        raise ConfigError(
-            f"{path}: tls_server_config.cert_file/key_file: cannot load: {exc}"
+        raise ConfigError.at(
+            path, f"cannot load: {exc}", key="tls_server_config.cert_file/key_file"
         ) from None
     if tls.client_auth_type != "NoClientCert":
         if tls.client_ca_file is None and "Verify" in tls.client_auth_type:
-            raise ConfigError(
-                f"{path}: tls_server_config.client_ca_file: required by"
-                f" client_auth_type {tls.client_auth_type}"
+            raise ConfigError.at(
+                path,
+                f"required by client_auth_type {tls.client_auth_type}",
+                key="tls_server_config.client_ca_file",
             )
         if tls.client_ca_file is not None:
             try:
                 context.load_verify_locations(resolve(tls.client_ca_file))
             except (ssl.SSLError, OSError) as exc:
-                raise ConfigError(
-                    f"{path}: tls_server_config.client_ca_file: cannot load: {exc}"
+                raise ConfigError.at(
+                    path, f"cannot load: {exc}", key="tls_server_config.client_ca_file"
                 ) from None
         context.verify_mode = (
             ssl.CERT_REQUIRED if tls.client_auth_type.startswith("Require") else ssl.CERT_OPTIONAL

@@ -84,6 +84,49 @@ def test_bad_settings_exit_2_naming_the_variable(env: dict[str, str], expected: 
     assert "Traceback" not in result.stderr
 
 
+@pytest.mark.parametrize(
+    ("env", "expected"),
+    [
+        (
+            {"HOMEPAGE_EXPORTER_DATABASE_URL": "mysql://x"},
+            "setting HOMEPAGE_EXPORTER_DATABASE_URL: expected a URL like",
+        ),
+        (
+            {"DATABASE_URL": "postgresql://u:p@ss@db.example:5432/postgres"},
+            "the password contains '@': percent-encode it (@ %40",
+        ),
+        (
+            {"DATABASE_URL": "postgresql://u:pa/ss@db.example:5432/postgres"},
+            "the port is not a number; if the password contains / # or ?, percent-encode it",
+        ),
+    ],
+    ids=["no-doubled-prefix", "unescaped-at", "unescaped-slash"],
+)
+def test_first_hour_url_mistakes_say_what_to_do(env: dict[str, str], expected: str) -> None:
+    """Once: "HOMEPAGE_EXPORTER_HOMEPAGE_EXPORTER_DATABASE_URL", and "Name or service not
+    known" for an @ in the password (after a connect attempt), a fragment of it for a /."""
+    result = cli("check", env=env)
+    assert result.returncode == 2
+    assert result.stderr.count("\n") == 1
+    assert expected in result.stderr
+    assert "HOMEPAGE_EXPORTER_HOMEPAGE_EXPORTER" not in result.stderr
+    assert "ss@db" not in result.stderr
+    assert "pa/" not in result.stderr
+
+
+def test_an_empty_password_file_setting_is_unset(tmp_path: Path) -> None:
+    """`HOMEPAGE_EXPORTER_DATABASE_PASSWORD_FILE=` once said "cannot read .": empty is unset."""
+    queries = write_queries(tmp_path / "q.yaml", ONE)
+    env = {
+        "HOMEPAGE_EXPORTER_DATABASE_PASSWORD_FILE": "",
+        "HOMEPAGE_EXPORTER_TARGETS_FILE": "",
+        "HOMEPAGE_EXPORTER_QUERIES_FILE": str(queries),
+    }
+    result = cli("check", env=env)
+    assert result.returncode == 0, result.stderr
+    assert "cannot read ." not in result.stderr
+
+
 def test_flags_override_environment(tmp_path: Path) -> None:
     good = write_queries(tmp_path / "good.yaml", ONE)
     result = cli(
