@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import io
 import ssl
 import sys
 import urllib.request
@@ -56,7 +57,7 @@ def _parser() -> argparse.ArgumentParser:
     common.add_argument("--env-file", type=Path, help="read settings from this .env file")
     for field, help_text in _SETTING_FLAGS.items():
         common.add_argument("--" + field.replace("_", "-"), dest=field, help=help_text)
-    sub = parser.add_subparsers(dest="command", metavar="{run,once,check,healthcheck,demo}")
+    sub = parser.add_subparsers(dest="command", metavar="{run,once,check,triage,healthcheck,demo}")
     sub.add_parser("run", parents=[common], help="serve /metrics (the default)")
     once_parser = sub.add_parser(
         "once", parents=[common], help="run every query once, print the exposition"
@@ -66,6 +67,14 @@ def _parser() -> argparse.ArgumentParser:
     check_parser.add_argument(
         "--connect", action="store_true", help="also run every query once, read-only"
     )
+    triage_parser = sub.add_parser(
+        "triage",
+        parents=[common],
+        help="run the runbook's incident triage once, read-only; exit 0 none, 1 P3, 2 P2,"
+        " 3 P1, 4 cannot tell",
+    )
+    triage_parser.add_argument("--target", help="with a targets file: which target")
+    triage_parser.add_argument("--json", action="store_true", help="JSON, for chat-ops")
     sub.add_parser(
         "healthcheck",
         parents=[common],
@@ -109,6 +118,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return max(codes)
         if args.command == "once":
             return once(_pick(targets, args.target), config)
+        if args.command == "triage":
+            return _triage(_pick(targets, args.target, "triage"), args.json, redact)
         _run(Daemon(settings, config, targets, web))
         return EXIT_OK
     except ConfigError as exc:
@@ -118,15 +129,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_FAILED
 
 
-def _pick(targets: list[Target], name: str | None) -> Target:
-    """`once`'s target: the named one, or the only one."""
+def _triage(target: Target, as_json: bool, redact: logs.Redactor) -> int:
+    from exporter.triage import run_triage  # only this command needs it
+
+    buffer = io.StringIO()
+    code = run_triage(target, as_json=as_json, out=buffer)
+    sys.stdout.write(redact(buffer.getvalue()))
+    return code
+
+
+def _pick(targets: list[Target], name: str | None, command: str = "once") -> Target:
+    """The target of `once` or `triage`: the named one, or the only one."""
     if name is None and len(targets) == 1:
         return targets[0]
     for target in targets:
         if target.name == name and target.probed:
             return target
     names = ", ".join(t.name for t in targets if t.probed) or "(none: no targets file)"
-    raise ConfigError(f"once: --target names one of the targets file's targets: {names}")
+    raise ConfigError(f"{command}: --target names one of the targets file's targets: {names}")
 
 
 def healthcheck(settings: Settings, web: WebConfig | None) -> int:

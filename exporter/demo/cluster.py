@@ -269,6 +269,16 @@ class Cluster:
             "-d", database,
         ]  # fmt: skip
 
+    def psql_session(self, sql: str, database: str = "postgres") -> subprocess.Popen[bytes]:
+        """A psql session running `sql` in the background (a lock holder, a slow client)."""
+        return subprocess.Popen(
+            [*self._psql(database), "-c", sql],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            cwd="/",
+            **as_user(self._user),
+        )
+
     def psql(self, sql: str, database: str = "postgres", user: str | None = None) -> str:
         """Run SQL and return its rows, unaligned (-At)."""
         return self._run([*self._psql(database, user), "-At", "-c", sql], capture=True)

@@ -1,0 +1,347 @@
+"""`triage` on the known states of each runbook incident path, and on a healthy homepage.
+
+Each state is made the way it happens in production (an accidental UPDATE, a dropped policy, a
+broken function, a paused cron job, a forgotten session holding a lock...), and triage runs as
+its own process, as the exporter role, read-only, as on-call would run it at 3 a.m.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from exporter import triage
+from exporter.demo.cluster import Cluster, free_port
+from exporter.demo.database import sql_file
+from tests.conftest import CMS, exporter_dsn
+from tests.harness import wait_for
+
+pytestmark = pytest.mark.slow
+ROOT = Path(__file__).resolve().parent.parent
+# A healthy homepage: the demo seed, with its failed schedules from long ago and nothing due.
+HEALTHY = """
+UPDATE section_schedules SET publish_at = now() + interval '1 day' WHERE status = 'pending';
+UPDATE section_schedules SET processed_at = now() - interval '3 days' WHERE status = 'failed';
+ANALYZE;
+"""
+
+
+def run(database_url: str, *args: str, targets: Path | None = None) -> tuple[int, str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HOMEPAGE_EXPORTER_")}
+    env.pop("DATABASE_URL", None)
+    env.update({"DATABASE_URL": database_url, "HOMEPAGE_EXPORTER_LOCALES": "en,de,fr"})
+    if targets is not None:
+        env["HOMEPAGE_EXPORTER_TARGETS_FILE"] = str(targets)
+    result = subprocess.run(
+        [sys.executable, "-m", "exporter", "triage", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert "Traceback" not in result.stderr + result.stdout
+    return result.returncode, result.stdout, result.stderr
+
+
+def report(pg: Cluster, database: str) -> tuple[int, dict[str, Any]]:
+    code, out, _ = run(exporter_dsn(pg, database), "--json")
+    data = json.loads(out)
+    assert data["exit_code"] == code
+    return code, data
+
+
+def finding(data: dict[str, Any], severity: str, path: str) -> dict[str, Any]:
+    found = [f for f in data["findings"] if f["severity"] == severity and f["path"] == path]
+    assert found, json.dumps(data["findings"], indent=1)[:3000]
+    return found[0]  # type: ignore[no-any-return]
+
+
+@pytest.fixture
+def homepage(pg: Cluster, db: str) -> str:
+    """A fresh database with a healthy, realistic homepage (three locales)."""
+    pg.psql_file(sql_file("seed.sql"), database=db)
+    pg.psql(HEALTHY, database=db)
+    return db
+
+
+def test_a_healthy_homepage_is_no_incident(pg: Cluster, homepage: str) -> None:
+    code, out, _ = run(exporter_dsn(pg, homepage))
+    assert code == 0, out
+    assert "no incident" in out.splitlines()[0]
+    assert "[P" not in out
+
+
+def test_p1_a_sections_disabled_by_an_accidental_update(pg: Cluster, homepage: str) -> None:
+    pg.psql("UPDATE homepage_sections SET is_active = false WHERE locale = 'de'", database=homepage)
+    code, data = report(pg, homepage)
+    assert code == 3
+    assert data["verdict"] == "P1 homepage not loading"
+    a = finding(data, "P1", "A")
+    assert "locale de" in a["title"]
+    assert {r["section_key"] for r in a["rows"]} >= {"hero-banner", "new-arrivals"}
+    assert all(r["section_key"] for r in a["rows"])
+    assert a["statements"] == [
+        "UPDATE homepage_sections SET is_active = true"
+        " WHERE locale = 'de' AND status = 'published';"
+    ]
+    assert a["runbook"] == "docs/runbook.md#homepagenolivesections"
+    # The other locales are fine and are not named.
+    assert not any("locale en" in f["title"] for f in data["findings"])
+
+
+def test_p1_b_a_policy_that_hides_the_homepage_from_the_public(pg: Cluster, homepage: str) -> None:
+    pg.psql(
+        'DROP POLICY "Published sections viewable by everyone" ON homepage_sections;'
+        ' CREATE POLICY "Published sections viewable by everyone" ON homepage_sections'
+        " FOR SELECT USING (status = 'archived')",
+        database=homepage,
+    )
+    code, data = report(pg, homepage)
+    assert code == 3
+    b = finding(data, "P1", "B")
+    assert b["title"].startswith("anon sees no section for ")
+    assert set(b["title"].removeprefix("anon sees no section for ").split(", ")) == {
+        "en",
+        "de",
+        "fr",
+    }
+    policies = {r["policy"]: r for r in b["rows"]}
+    assert (
+        "(status = 'archived'::text)"
+        in policies["Published sections viewable by everyone"]["using_expression"]
+    )
+    assert any("CREATE POLICY" in s for s in b["statements"])
+
+
+def test_p1_c_a_broken_render_function(pg: Cluster, homepage: str) -> None:
+    # A migration tightened grants and forgot the public role.
+    pg.psql(
+        "REVOKE EXECUTE ON FUNCTION get_homepage_content(text) FROM PUBLIC, anon",
+        database=homepage,
+    )
+    code, data = report(pg, homepage)
+    assert code == 3
+    c = finding(data, "P1", "C")
+    assert "permission denied for function get_homepage_content" in c["seen"]
+    assert c["rows"][0]["function"] == "get_homepage_content(text)"
+
+
+def test_p2_overdue_schedules_and_a_function_that_lost_security_definer(
+    pg: Cluster, homepage: str
+) -> None:
+    pg.psql(
+        "INSERT INTO section_schedules (section_id, version_id, publish_at, status)"
+        " SELECT hs.id, hs.published_version_id, now() - interval '47 minutes', 'pending'"
+        " FROM homepage_sections hs WHERE hs.section_key = 'sale-teaser' AND hs.locale = 'en';"
+        " ALTER FUNCTION process_scheduled_publishes() SECURITY INVOKER",
+        database=homepage,
+    )
+    code, out, _ = run(exporter_dsn(pg, homepage))
+    assert code == 2, out
+    assert out.splitlines()[0].endswith("P2 scheduled publishes not working")
+    assert "overdue" in out
+    assert "section_key=sale-teaser  locale=en" in out  # the offending rows, with their ages
+    assert "age=47m" in out
+    assert "[P2 C] process_scheduled_publishes() is not SECURITY DEFINER" in out
+    assert "ALTER FUNCTION process_scheduled_publishes() SECURITY DEFINER;" in out
+    assert "read: docs/runbook.md#homepagepublishfunctionnotsecuritydefiner" in out
+
+
+def test_p2_b_publishes_failing_with_their_errors(pg: Cluster, homepage: str) -> None:
+    pg.psql(
+        "UPDATE section_schedules SET status = 'failed', processed_at = now() - interval '5 min',"
+        " error_message = 'version ' || version_id || ' does not belong to section'"
+        " WHERE id IN (SELECT id FROM section_schedules ORDER BY id LIMIT 6)",
+        database=homepage,
+    )
+    code, data = report(pg, homepage)
+    assert code == 2
+    b = finding(data, "P2", "B")
+    assert len(b["rows"]) == 6
+    assert all("does not belong to section" in r["error"] for r in b["rows"])
+
+
+@pytest.fixture
+def cron(pg: Cluster) -> Iterator[str]:
+    """The cms database, where pg_cron runs the CMS job; its job and runs put back after."""
+    if "pg_cron" not in pg.preload:
+        pytest.skip("pg_cron is not available here")
+    pg.psql(
+        "TRUNCATE homepage_sections CASCADE; TRUNCATE media_assets;"
+        " SELECT cron.alter_job(jobid, schedule := '0 0 1 1 *') FROM cron.job"
+        " WHERE jobname = 'process-scheduled-publishes'; DELETE FROM cron.job_run_details;",
+        database=CMS,
+    )
+    pg.psql_file(sql_file("seed.sql"), database=CMS)
+    pg.psql(HEALTHY, database=CMS)
+    yield CMS
+    pg.psql(
+        "SELECT cron.unschedule(jobid) FROM cron.job WHERE jobname = 'process-scheduled-publishes';"
+        " SELECT cron.schedule('process-scheduled-publishes', '*/5 * * * *',"
+        " $$SELECT process_scheduled_publishes()$$); DELETE FROM cron.job_run_details;"
+        " TRUNCATE homepage_sections CASCADE; TRUNCATE media_assets;",
+        database=CMS,
+    )
+
+
+def test_p2_a_the_cron_job_paused(pg: Cluster, cron: str) -> None:
+    assert run(exporter_dsn(pg, cron))[0] == 0  # healthy first, cron views and all
+    pg.psql(
+        "UPDATE cron.job SET active = false WHERE jobname = 'process-scheduled-publishes'",
+        database=cron,
+    )
+    code, data = report(pg, cron)
+    assert code == 2
+    a = finding(data, "P2", "A")
+    assert a["rows"][0]["jobname"] == "process-scheduled-publishes"
+    assert a["rows"][0]["active"] is False
+    assert any(s.startswith("SELECT cron.schedule(") for s in a["statements"])
+
+
+def test_p2_b_the_cron_jobs_runs_fail(pg: Cluster, cron: str) -> None:
+    pg.psql(
+        "INSERT INTO cron.job_run_details (jobid, job_pid, database, username, command, status,"
+        " return_message, start_time, end_time)"
+        " SELECT jobid, 1, 'cms', 'postgres', command, 'failed',"
+        " 'ERROR:  permission denied for table section_schedules',"
+        " now() - interval '3 minutes', now() - interval '3 minutes' + interval '1 second'"
+        " FROM cron.job WHERE jobname = 'process-scheduled-publishes'",
+        database=cron,
+    )
+    code, data = report(pg, cron)
+    assert code == 2
+    b = finding(data, "P2", "B")
+    assert b["rows"][0]["status"] == "failed"
+    assert "permission denied for table section_schedules" in b["rows"][0]["message"]
+
+
+def test_p3_a_forgotten_session_blocks_the_homepage(pg: Cluster, homepage: str) -> None:
+    """A session holds a lock in an open transaction; the public render waits behind it."""
+    holder = pg.psql_session(
+        "BEGIN; LOCK TABLE section_products IN ACCESS EXCLUSIVE MODE; SELECT pg_sleep(60);",
+        homepage,
+    )
+    waiter = None
+    try:
+        wait_for(
+            lambda: (
+                pg.psql(
+                    "SELECT count(*) FROM pg_locks WHERE granted AND mode = 'AccessExclusiveLock'"
+                    " AND relation = 'section_products'::regclass",
+                    database=homepage,
+                ).strip()
+                == "1"
+            ),
+            10,
+            "the lock to be held",
+        )
+        waiter = pg.psql_session("SELECT count(*) FROM section_products /* homepage */", homepage)
+        wait_for(
+            lambda: (
+                pg.psql(
+                    "SELECT count(*) FROM pg_stat_activity WHERE cardinality(pg_blocking_pids(pid)) > 0",
+                    database=homepage,
+                ).strip()
+                == "1"
+            ),
+            10,
+            "a blocked session",
+        )
+        started = time.monotonic()
+        code, data = report(pg, homepage)
+        assert time.monotonic() - started < 10  # its own deadline: triage never waits on a lock
+        assert code in (1, 3), data  # P3, or P1 if the render itself is the one blocked
+        p3 = [f for f in data["findings"] if f["severity"] == "P3" and "blocked" in f["title"]]
+        assert p3, data["findings"]
+        rows = {r["pid"]: r for r in p3[0]["rows"]}
+        waiting = [r for r in rows.values() if r["blocked_by"]]
+        assert waiting
+        blocker = waiting[0]["blocked_by"][0]
+        assert rows[blocker]["blocking"] is True
+        assert f"SELECT pg_cancel_backend({blocker});" in p3[0]["statements"]
+        # Only a prefix of other sessions' SQL is shown.
+        assert all(len(r["query_prefix"] or "") <= triage.QUERY_PREFIX_CHARS for r in rows.values())
+    finally:
+        for proc in (waiter, holder):
+            if proc is not None:
+                proc.kill()
+                proc.wait()
+
+
+def test_p3_c_a_missing_runbook_index(pg: Cluster, homepage: str) -> None:
+    pg.psql("DROP INDEX idx_section_schedules_pending", database=homepage)
+    code, data = report(pg, homepage)
+    assert code == 1
+    c = finding(data, "P3", "C")
+    assert c["rows"] == [{"index": "idx_section_schedules_pending", "state": "missing"}]
+    assert c["statements"] == [
+        "CREATE INDEX CONCURRENTLY idx_section_schedules_pending"
+        " ON section_schedules (publish_at) WHERE status = 'pending';"
+    ]
+
+
+def test_triage_never_writes(pg: Cluster, homepage: str) -> None:
+    """Every incident path's fix is printed, not run: the state is unchanged after triage."""
+    pg.psql("UPDATE homepage_sections SET is_active = false WHERE locale = 'fr'", database=homepage)
+    before = pg.psql(
+        "SELECT md5(string_agg(t::text, ',' ORDER BY t::text)) FROM homepage_sections t",
+        database=homepage,
+    )
+    assert run(exporter_dsn(pg, homepage))[0] == 3
+    after = pg.psql(
+        "SELECT md5(string_agg(t::text, ',' ORDER BY t::text)) FROM homepage_sections t",
+        database=homepage,
+    )
+    assert before == after
+
+
+def test_a_database_that_is_down_is_a_one_line_verdict() -> None:
+    closed = free_port()
+    code, out, _ = run(f"postgresql://homepage_exporter:pw@127.0.0.1:{closed}/postgres")
+    assert code == 4
+    assert out.count("\n") == 1
+    assert out.startswith("triage: cannot tell: the database is unreachable")
+    assert f"127.0.0.1:{closed}" in out
+    assert "pw" not in out.replace("postgres", "")
+
+
+def test_the_triage_thresholds_are_the_alerts_thresholds() -> None:
+    t = yaml.safe_load((ROOT / "alerts" / "thresholds.yaml").read_text())
+    assert t["publish_lag_minutes"]["warning"] == triage.PUBLISH_LAG_MINUTES
+    assert t["publish_failures_per_hour"]["critical"] == triage.PUBLISH_FAILURES_PER_HOUR_CRITICAL
+    assert t["render_seconds"]["critical"] == triage.RENDER_SECONDS_CRITICAL
+    assert t["dead_tuple_ratio"] == triage.DEAD_TUPLE_RATIO
+    assert t["bloat_min_dead_rows"] == triage.BLOAT_MIN_DEAD_ROWS
+    assert t["statistics_age_seconds"] == triage.STATISTICS_AGE_SECONDS
+    assert t["cms_cron_job"] == triage.CMS_CRON_JOB
+
+
+def test_with_a_targets_file_target_picks_the_database(
+    pg: Cluster, homepage: str, db: str, tmp_path: Path
+) -> None:
+    """`--target NAME` triages that database with its own locales; without it, exit 2."""
+    targets = tmp_path / "targets.yaml"
+    targets.write_text(
+        f"targets:\n  - name: eu\n    database_url: {exporter_dsn(pg, homepage)}\n"
+        f"  - name: empty\n    database_url: {exporter_dsn(pg, db)}\n    locales: [nl]\n"
+    )
+    url = exporter_dsn(pg, homepage)
+    eu = run(url, "--target", "eu", targets=targets)
+    empty = run(url, "--target", "empty", "--json", targets=targets)
+    neither = run(url, targets=targets)
+    assert eu[0] == 0, eu[1]
+    assert eu[1].startswith("triage (target eu): no incident")
+    assert empty[0] == 3
+    assert json.loads(empty[1])["findings"][0]["title"] == "locale nl: no published section at all"
+    assert neither[0] == 2
+    assert "triage: --target names one of the targets file's targets: eu, empty" in neither[2]
