@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import signal
 import sys
+import time
 from collections.abc import Callable, Sequence
 from functools import partial
 from typing import TextIO
@@ -25,6 +26,7 @@ from exporter.logs import Redactor, get_logger
 from exporter.scheduler import Pinger, Scheduler, ping, reachable, run_query
 from exporter.settings import Settings
 from exporter.snapshot import Outcome, SystemClock, transition
+from exporter.statuspage import StatusPage
 from exporter.store import ExporterStore, Joined, Store, TargetStore
 from exporter.targets import Target
 from exporter.webconfig import WebConfig
@@ -52,6 +54,14 @@ class Daemon:
         self.exporter_store = ExporterStore()
         self.stores = {t.name: TargetStore(config) for t in self.targets}
         self.schedulers: dict[str, Scheduler] = {}
+        links = [("Metrics", "/metrics")]
+        links += [(f"Target {t.name}", f"/probe?target={t.name}") for t in self.targets if t.probed]
+        links += [("Liveness", "/healthz"), ("Readiness", "/readyz")]
+        self.status = StatusPage(
+            [(t.name if t.probed else "", self.stores[t.name]) for t in self.targets],
+            links,
+            clock=time.time,
+        )
 
     def routes(self) -> tuple[Store, dict[str, Store]]:
         """The page at /metrics, and the pages at /probe?target=NAME."""
@@ -96,7 +106,12 @@ class Daemon:
                 t.name: await stack.enter_async_context(t.open_database()) for t in self.targets
             }
             http = HttpServer(
-                metrics, self.settings.listen, ready=self.ready, web_config=self.web, probes=probes
+                metrics,
+                self.settings.listen,
+                ready=self.ready,
+                web_config=self.web,
+                probes=probes,
+                status=self.status,
             )
             async with http:
                 self.log.info(

@@ -43,6 +43,7 @@ from exporter import __version__
 from exporter.errors import ConfigError
 from exporter.exposition import OPENMETRICS_CONTENT_TYPE, TEXT_CONTENT_TYPE
 from exporter.settings import ListenAddress
+from exporter.statuspage import StatusPage
 from exporter.store import Store
 from exporter.webconfig import WebConfig
 
@@ -60,6 +61,7 @@ SERVER = f"homepage-cms-exporter/{__version__}"
 REQUEST_LINE = re.compile(
     rb"[!#$%&'*+.^_`|~0-9A-Za-z-]{1,16} (?:/[A-Za-z0-9\-._~%!$&'()*+,;=:@/?]*|\*) HTTP/1\.[01]"
 )
+NO_STORE = {"Cache-Control": "no-store"}  # the status page is always the current state
 UNAUTHORIZED_HEADERS = {"WWW-Authenticate": 'Basic realm="homepage-cms-exporter"'}
 
 
@@ -283,12 +285,14 @@ class HttpServer:
         ready: Callable[[], bool],
         web_config: WebConfig | None = None,
         probes: Mapping[str, Store] | None = None,
+        status: StatusPage | None = None,
     ) -> None:
         self._store = store
         self._listen = listen
         self._ready = ready
         self._web = web_config or WebConfig()
         self._probes = dict(probes or {})
+        self._status = status
         self._server: web.Server | None = None
         self._sweeper: asyncio.Task[None] | None = None
         self._servers: list[asyncio.Server] = []
@@ -384,7 +388,8 @@ class HttpServer:
         return web.Response(status=503, text="database unreachable\n")
 
     def _landing(self, request: web.BaseRequest) -> web.Response:
-        return web.Response(body=_landing("/metrics"), content_type="text/html", charset="utf-8")
+        body = self._status.body if self._status is not None else _landing("/metrics")
+        return web.Response(body=body, content_type="text/html", charset="utf-8", headers=NO_STORE)
 
     # --- lifecycle ------------------------------------------------------------------------
 

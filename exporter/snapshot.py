@@ -79,11 +79,14 @@ class Snapshot:
 
     query: Query
     fragment: Fragment = EMPTY
+    families: tuple[Family, ...] = ()  # the values behind `fragment`, for the status page
     series: int = 0
     up: bool | None = None
     skipped: Requirement | None = None
     duration: float | None = None
     last_success: Instant | None = None
+    last_error: str | None = None
+    last_error_at: Instant | None = None
     runs: int = 0
     errors: Mapping[ErrorReason, int] = field(default_factory=lambda: _NO_ERRORS)
     failing: ErrorReason | None = None  # the reason of the current run of failures
@@ -92,7 +95,13 @@ class Snapshot:
     def carried_to(self, query: Query) -> Snapshot:
         """This query's counters under a changed definition (after a reload); values start over:
         they came from the old SQL."""
-        return Snapshot(query, runs=self.runs, errors=self.errors)
+        return Snapshot(
+            query,
+            runs=self.runs,
+            errors=self.errors,
+            last_error=self.last_error,
+            last_error_at=self.last_error_at,
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,10 +130,13 @@ def transition(prev: Snapshot, outcome: Outcome, now: Instant) -> tuple[Snapshot
             Snapshot(
                 prev.query,
                 fragment=outcome.fragment,
+                families=outcome.families,
                 series=outcome.series,
                 up=True,
                 duration=outcome.duration,
                 last_success=now,
+                last_error=prev.last_error,
+                last_error_at=prev.last_error_at,
                 runs=runs,
                 errors=prev.errors,
             ),
@@ -149,7 +161,10 @@ def transition(prev: Snapshot, outcome: Outcome, now: Instant) -> tuple[Snapshot
         replace(
             prev,
             fragment=prev.fragment if fresh else EMPTY,
+            families=prev.families if fresh else (),
             series=prev.series if fresh else 0,
+            last_error=f"{error.reason}: {error.message}",
+            last_error_at=now,
             up=False,
             skipped=None,
             duration=outcome.duration,

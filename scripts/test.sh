@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 debs=(postgresql-15 postgresql-contrib postgresql-15-cron prometheus prometheus-alertmanager pgbouncer
-      openssl procps)
+      openssl procps chromium)
 missing=()
 for pkg in "${debs[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")

@@ -662,3 +662,37 @@ def _board(
         },
         "panels": panels,
     }
+
+
+def quick_reference(t: Thresholds) -> dict[str, Any]:
+    """The runbook's Quick Reference table for the status page at /: each check, the metric
+    that measures it, and its thresholds (the alerts' own), in the runbook's order."""
+    rows = [
+        ("Homepage load time", "homepage_render_duration_seconds", {}, "seconds",
+         t.render_seconds, "Check indexes, cache", "homepageslowquery"),
+        ("Scheduled publish lag", "homepage_scheduled_publish_lag_minutes", {}, "minutes",
+         t.publish_lag_minutes, "Check cron job", "scheduledpublishlag"),
+        ("Failed publishes", "homepage_publish_failures_last_hour", {}, "per hour",
+         t.publish_failures_per_hour, "Check logs, RLS", "highpublishfailurerate"),
+        ("Media storage", "homepage_media_storage_percent", {}, "percent",
+         t.media_storage_percent, "Archive old media", "mediastoragehigh"),
+        ("Version table size", "homepage_cms_table_size_bytes", {"table": "section_versions"},
+         "bytes", t.version_table_bytes, "Archive old versions", "versiontablelarge"),
+    ]  # fmt: skip
+    return {
+        "generated_from": "alerts/thresholds.yaml by tools/mixin",
+        "runbook_url": t.runbook_url,
+        "checks": [
+            {
+                "check": check,
+                "metric": metric,
+                "labels": labels,
+                "unit": unit,
+                "warning": tiers.warning,
+                "critical": tiers.critical,
+                "action": action,
+                "section": section,
+            }
+            for check, metric, labels, unit, tiers, action, section in rows
+        ],
+    }

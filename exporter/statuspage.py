@@ -1,0 +1,246 @@
+"""The status page at `/`: the runbook's quick reference with each check's current value and
+state, then every query's health, per target. Plain HTML and CSS, no JavaScript.
+
+It is made from the snapshots already in memory, when a target's store renders (the same
+moments /metrics is re-rendered), and served as finished bytes: it never queries the database
+and a scrape never renders it. The thresholds are the alerts' own (exporter/quickref.json,
+generated from alerts/thresholds.yaml by tools/mixin).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import html
+import json
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from exporter import __version__
+from exporter.durations import format_duration
+from exporter.snapshot import Snapshot
+from exporter.store import TargetStore
+
+QUICKREF = Path(__file__).with_name("quickref.json")
+STATES = {  # state -> (word, colour); colour is never the only signal
+    "ok": ("OK", "#1b7f3b"),
+    "warning": ("WARNING", "#9a6700"),
+    "critical": ("CRITICAL", "#b42318"),
+    "unknown": ("NO DATA", "#57606a"),
+}
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    metric: str
+    labels: Mapping[str, str]
+    unit: str
+    warning: float
+    critical: float
+    action: str
+    section: str
+
+
+def load_checks(path: Path = QUICKREF) -> tuple[str, list[Check]]:
+    data: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
+    checks = [
+        Check(
+            c["check"],
+            c["metric"],
+            c["labels"],
+            c["unit"],
+            float(c["warning"]),
+            float(c["critical"]),
+            c["action"],
+            c["section"],
+        )
+        for c in data["checks"]
+    ]
+    return str(data["runbook_url"]), checks
+
+
+def current(snapshots: Sequence[Snapshot], check: Check) -> float | None:
+    """The worst (highest) value the check's metric has now, across its series."""
+    values = [
+        sample.value
+        for snap in snapshots
+        for family in snap.families
+        if family.metric.name == check.metric
+        for sample in family.samples
+        if all(
+            dict(zip(family.metric.labels, sample.labels, strict=True)).get(k) == v
+            for k, v in check.labels.items()
+        )
+    ]
+    return max(values) if values else None
+
+
+def state(value: float | None, check: Check) -> str:
+    if value is None:
+        return "unknown"
+    if value > check.critical:
+        return "critical"
+    if value > check.warning:
+        return "warning"
+    return "ok"
+
+
+def _shown(value: float | None, unit: str) -> str:
+    if value is None:
+        return "-"
+    if unit == "seconds":
+        return f"{value * 1000:.0f} ms"
+    if unit == "bytes":
+        return f"{value / 1024**3:.2f} GB"
+    if unit == "percent":
+        return f"{value:.1f} %"
+    if unit == "minutes":
+        return f"{value:.1f} min"
+    return f"{value:g} {unit}"
+
+
+def _ago(at: float | None, now: float) -> str:
+    if at is None:
+        return "never"
+    if now - at < 1:
+        return "just now"
+    return f"{format_duration(round(now - at))} ago"
+
+
+CSS = """
+body{font:15px/1.4 system-ui,-apple-system,Segoe UI,sans-serif;margin:0 auto;padding:12px;
+max-width:960px;color:#1f2328;background:#fff}
+h1{font-size:20px;margin:4px 0}h2{font-size:17px;margin:18px 0 6px}
+.meta{color:#57606a;font-size:13px}
+table{border-collapse:collapse;width:100%}th,td{text-align:left;padding:6px 8px;
+border-bottom:1px solid #d0d7de;vertical-align:top;overflow-wrap:anywhere}
+th{font-size:13px;color:#57606a}td:first-child{overflow-wrap:normal}
+.state{font-weight:700;color:#fff;border-radius:4px;padding:2px 6px;font-size:12px;
+white-space:nowrap}
+.err{color:#b42318;font-size:13px;overflow-wrap:anywhere}
+tr.witherr td{border-bottom:0}tr.errrow td{padding-top:0}
+@media (max-width:600px){.wide{display:none}td,th{padding:5px 4px}}
+"""
+
+
+def _badge(name: str) -> str:
+    word, colour = STATES[name]
+    return f'<span class="state {name}" style="background:{colour}">{word}</span>'
+
+
+def render(
+    targets: Sequence[tuple[str, TargetStore]],
+    runbook_url: str,
+    checks: Sequence[Check],
+    now: float,
+    links: Sequence[tuple[str, str]],
+) -> bytes:
+    """The whole page for these targets' current snapshots."""
+    e = html.escape
+    stamp = dt.datetime.fromtimestamp(now, dt.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+    out = [
+        "<!doctype html><html lang=en><head><meta charset=utf-8>"
+        '<meta name=viewport content="width=device-width,initial-scale=1">'
+        "<title>Homepage CMS status</title><style>" + CSS + "</style></head><body>",
+        "<h1>Homepage CMS status</h1>",
+        f"<p class=meta>homepage-cms-exporter {e(__version__)} &middot; as of {stamp} &middot; "
+        + " &middot; ".join(f'<a href="{e(href)}">{e(text)}</a>' for text, href in links)
+        + "</p>",
+    ]
+    for name, store in targets:
+        snaps = store.snapshots
+        up = store.database_up
+        title = f"Target {e(name)}" if name else "Database"
+        out.append(
+            f"<h2>{title}: {_badge('ok') if up else _badge('critical')}"
+            f" {'reachable' if up else 'unreachable'}</h2>"
+        )
+        out.append(
+            "<table><tr><th>Check</th><th>Now</th><th class=wide>Warning</th>"
+            "<th class=wide>Critical</th><th>State</th><th class=wide>Action</th></tr>"
+        )
+        for check in checks:
+            value = current(snaps, check)
+            s = state(value, check)
+            out.append(
+                f'<tr data-check="{e(check.metric)}" data-state="{s}">'
+                f'<td><a href="{e(runbook_url)}#{e(check.section)}">{e(check.name)}</a></td>'
+                f"<td>{_shown(value, check.unit)}</td>"
+                f"<td class=wide>&gt; {_shown(check.warning, check.unit)}</td>"
+                f"<td class=wide>&gt; {_shown(check.critical, check.unit)}</td>"
+                f"<td>{_badge(s)}</td><td class=wide>{e(check.action)}</td></tr>"
+            )
+        out.append("</table>")
+        out.append(
+            "<h2>Queries</h2><table><tr><th>Query</th><th>State</th><th>Last success</th>"
+            "<th class=wide>Every</th></tr>"
+        )
+        for snap in snaps:
+            if snap.skipped is not None:
+                q_state, word = "unknown", f"skipped: needs {snap.skipped}"
+            elif snap.up is None:
+                q_state, word = "unknown", "not run yet"
+            else:
+                q_state, word = ("ok", "") if snap.up else ("critical", "")
+            success = snap.last_success.wall if snap.last_success else None
+            error = snap.last_error is not None
+            out.append(
+                f'<tr data-query="{e(snap.query.name)}" data-state="{q_state}"'
+                f"{' class=witherr' if error else ''}>"
+                f"<td>{e(snap.query.name)}</td><td>{_badge(q_state)} {e(word)}</td>"
+                f"<td>{_ago(success, now)}</td>"
+                f"<td class=wide>{format_duration(snap.query.interval)}</td></tr>"
+            )
+            if snap.last_error is not None:  # on a row of its own: readable on a phone
+                at = snap.last_error_at.wall if snap.last_error_at else None
+                out.append(
+                    f"<tr class=errrow><td colspan=4><span class=err>last error"
+                    f" {_ago(at, now)}: {e(snap.last_error[:200])}</span></td></tr>"
+                )
+        out.append("</table>")
+    out.append("</body></html>")
+    return "".join(out).encode()
+
+
+class StatusPage:
+    """The page at `/`, re-rendered (once per event-loop turn) whenever a target's store
+    renders; `body` is what HTTP hands out."""
+
+    def __init__(
+        self,
+        targets: Sequence[tuple[str, TargetStore]],
+        links: Sequence[tuple[str, str]],
+        clock: Callable[[], float],
+        quickref: Path = QUICKREF,
+    ) -> None:
+        self._targets = list(targets)
+        self._links = list(links)
+        self._clock = clock
+        self._runbook_url, self._checks = load_checks(quickref)
+        self._pending = False
+        self.renders = 0
+        self.body = b""
+        for _, store in self._targets:
+            store.on_render(self.render)
+        self.render_now()
+
+    def render(self) -> None:
+        if self._pending:
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            self.render_now()
+            return
+        self._pending = True
+        loop.call_soon(self.render_now)
+
+    def render_now(self) -> None:
+        self._pending = False
+        self.renders += 1
+        self.body = render(
+            self._targets, self._runbook_url, self._checks, self._clock(), self._links
+        )
