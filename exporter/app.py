@@ -20,7 +20,7 @@ from functools import partial
 from typing import TextIO
 
 from exporter.config import Config, load_config
-from exporter.errors import ConfigError
+from exporter.errors import ConfigError, QueryError
 from exporter.http import HttpServer
 from exporter.logs import Redactor, get_logger
 from exporter.scheduler import Pinger, Scheduler, ping, reachable, run_query
@@ -160,22 +160,35 @@ class Daemon:
         self.stop.set()
 
 
-async def run_all(target: Target, config: Config) -> tuple[bool, list[Outcome]]:
-    """Ping, then every enabled query once, concurrently within the pool."""
+async def run_all(target: Target, config: Config) -> tuple[QueryError | None, list[Outcome]]:
+    """Ping, then every enabled query once, concurrently within the pool; the ping's error if
+    the database cannot be reached (and then no query runs: each would say the same)."""
     s = target.settings
     async with target.open_database() as db:
-        up = reachable(await ping(db, s.connect_timeout))
+        error = await ping(db, s.connect_timeout)
+        if not reachable(error):
+            return error, []
         outcomes = await asyncio.gather(
             *(run_query(db, q, target.params, s.max_series_per_query) for q in config.enabled)
         )
-    return up, list(outcomes)
+    return None, list(outcomes)
+
+
+def unreachable_line(target: Target, error: QueryError) -> str:
+    """One line for a database that cannot be reached, with the way out of the usual mistake."""
+    line = f"cannot connect: {error.message}"
+    if "database_url" not in target.settings.model_fields_set:
+        line += " (no DATABASE_URL set, so the default; set DATABASE_URL or --database-url)"
+    return line
 
 
 def once(target: Target, config: Config, out: TextIO = sys.stdout) -> int:
     """Print the page the daemon would serve after one run of every query; 1 if any failed."""
-    up, outcomes = asyncio.run(run_all(target, config))
+    error, outcomes = asyncio.run(run_all(target, config))
     store = TargetStore(config)
-    store.set_database_up(up)
+    store.set_database_up(error is None)
+    if error is not None:
+        get_logger().error("database_unreachable", error=unreachable_line(target, error))
     log = get_logger()
     clock = SystemClock()
     failed = False
@@ -190,7 +203,7 @@ def once(target: Target, config: Config, out: TextIO = sys.stdout) -> int:
         failed = failed or outcome.error is not None
     page = Joined([store, ExporterStore()]).page
     out.write(page.text.decode())
-    return 1 if failed else 0
+    return 1 if failed or error is not None else 0
 
 
 def check(
@@ -210,7 +223,10 @@ def check(
     )
     if not connect:
         return 0
-    _, outcomes = asyncio.run(run_all(target, config))
+    error, outcomes = asyncio.run(run_all(target, config))
+    if error is not None:
+        out.write(redact(f"FAIL  {unreachable_line(target, error)}\n"))
+        return 1
     width = max((len(o.query.name) for o in outcomes), default=0)
     failed = 0
     for o in outcomes:

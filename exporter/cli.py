@@ -24,26 +24,20 @@ from exporter.settings import (
     LogLevel,
     Settings,
     load_settings,
+    unknown_settings,
 )
 from exporter.targets import Target, load_targets, secrets_of
 from exporter.webconfig import WebConfig, load_web_config
 
 EXIT_OK, EXIT_FAILED, EXIT_CONFIG = 0, 1, 2
 
-_SETTING_FLAGS: dict[str, str] = {
-    "database_url": "PostgreSQL URL (prefer the env var: flags show up in `ps`)",
-    "database_password_file": "file whose content is the database password",
-    "listen_address": f"host:port to serve on (default :{DEFAULT_PORT})",
-    "queries_file": "queries file (default: the shipped queries.yaml)",
-    "log_level": "debug, info, warning or error",
-    "log_format": "logfmt or json",
-    "pool_size": "database connections at most (default 2)",
-    "statement_cache_size": "asyncpg prepared-statement cache; 0 for PgBouncer/Supavisor",
-    "locales": "comma-separated locales to check (default en)",
-    "media_storage_quota_bytes": "media storage quota, for homepage_media_storage_percent",
-    "web_config_file": "TLS and basic auth for /metrics (exporter-toolkit web-config.yml format)",
-    "targets_file": "several databases, served as /probe?target=NAME",
-}
+
+def _setting_flags() -> dict[str, str]:
+    """A flag for every setting, with its help: generated, so none can be missing."""
+    return {name: field.description or "" for name, field in Settings.model_fields.items()}
+
+
+_SETTING_FLAGS = _setting_flags()
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -105,6 +99,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings = _settings(args)
         redact = logs.Redactor(settings.secrets())
         logs.configure(settings.log_level, settings.log_format, redact)
+        for name in unknown_settings(args.env_file):
+            logs.get_logger().warning("unknown_setting_ignored", name=name)
         settings.database_password()  # an unreadable password file is a config error, now
         targets = load_targets(settings)
         redact = logs.Redactor(secrets_of(targets))  # every target's passwords, not only ours

@@ -59,7 +59,10 @@ def classify(exc: BaseException) -> QueryError:
     )
     if isinstance(exc, connection_errors):
         text = str(exc) or type(exc).__name__
-        if isinstance(exc, OSError) and exc.strerror:
+        if isinstance(exc, ConnectionRefusedError) or text.startswith("Multiple exceptions: "):
+            # asyncpg tries every address of the host (::1, then 127.0.0.1) and says so at length
+            text = "connection refused: nothing listens there"
+        elif isinstance(exc, OSError) and exc.strerror:
             text = exc.strerror
         return QueryError(ErrorReason.CONNECTION, _one_line(text))
     if isinstance(exc, asyncpg.PostgresError):

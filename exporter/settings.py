@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import difflib
 import ipaddress
+import os
 from collections.abc import Mapping
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
+from dotenv import dotenv_values
 from pydantic import (
     AliasChoices,
     BeforeValidator,
@@ -106,23 +109,52 @@ class Settings(BaseSettings):
     database_url: SecretStr = Field(
         default=SecretStr("postgresql://localhost:5432/postgres"),
         validation_alias=AliasChoices(f"{ENV_PREFIX}DATABASE_URL", "DATABASE_URL", "database_url"),
+        description="PostgreSQL URL (prefer the env var: flags show up in `ps`)",
     )
-    database_password_file: Annotated[Path | None, BeforeValidator(_empty_is_unset)] = None
-    listen_address: str = f":{DEFAULT_PORT}"
-    queries_file: Path = SHIPPED_QUERIES
-    log_level: Annotated[LogLevel, BeforeValidator(_lower)] = LogLevel.INFO
-    log_format: Annotated[LogFormat, BeforeValidator(_lower)] = LogFormat.LOGFMT
-    pool_size: int = Field(default=2, ge=1, le=50)
-    statement_cache_size: int = Field(default=0, ge=0, le=10_000)
-    connect_timeout: Annotated[float, BeforeValidator(_duration)] = Field(default=5.0, gt=0, le=300)
+    database_password_file: Annotated[Path | None, BeforeValidator(_empty_is_unset)] = Field(
+        default=None, description="file whose content is the database password"
+    )
+    listen_address: str = Field(
+        default=f":{DEFAULT_PORT}", description=f"host:port to serve on (default :{DEFAULT_PORT})"
+    )
+    queries_file: Path = Field(
+        default=SHIPPED_QUERIES, description="queries file (default: the shipped queries.yaml)"
+    )
+    log_level: Annotated[LogLevel, BeforeValidator(_lower)] = Field(
+        default=LogLevel.INFO, description="debug, info, warning or error"
+    )
+    log_format: Annotated[LogFormat, BeforeValidator(_lower)] = Field(
+        default=LogFormat.LOGFMT, description="logfmt or json"
+    )
+    pool_size: int = Field(default=2, ge=1, le=50, description="database connections at most")
+    statement_cache_size: int = Field(
+        default=0,
+        ge=0,
+        le=10_000,
+        description="asyncpg prepared-statement cache; 0 for PgBouncer/Supavisor",
+    )
+    connect_timeout: Annotated[float, BeforeValidator(_duration)] = Field(
+        default=5.0, gt=0, le=300, description="how long a connection attempt may take (5s)"
+    )
     ping_interval: Annotated[float, BeforeValidator(_duration)] = Field(
-        default=10.0, ge=1, le=86400
+        default=10.0, ge=1, le=86400, description="how often the database is pinged (10s)"
     )
-    max_series_per_query: int = Field(default=10_000, ge=1)
-    web_config_file: Annotated[Path | None, BeforeValidator(_empty_is_unset)] = None
-    targets_file: Annotated[Path | None, BeforeValidator(_empty_is_unset)] = None
-    locales: Annotated[tuple[str, ...], NoDecode, BeforeValidator(_split_list)] = ("en",)
-    media_storage_quota_bytes: int | None = Field(default=None, gt=0)
+    max_series_per_query: int = Field(
+        default=10_000, ge=1, description="series a query may export before it fails (10000)"
+    )
+    web_config_file: Annotated[Path | None, BeforeValidator(_empty_is_unset)] = Field(
+        default=None,
+        description="TLS and basic auth for /metrics (exporter-toolkit web-config.yml format)",
+    )
+    targets_file: Annotated[Path | None, BeforeValidator(_empty_is_unset)] = Field(
+        default=None, description="several databases, served as /probe?target=NAME"
+    )
+    locales: Annotated[tuple[str, ...], NoDecode, BeforeValidator(_split_list)] = Field(
+        default=("en",), description="comma-separated locales to check (default en)"
+    )
+    media_storage_quota_bytes: int | None = Field(
+        default=None, gt=0, description="media storage quota, for homepage_media_storage_percent"
+    )
 
     @field_validator("database_url")
     @classmethod
@@ -193,6 +225,23 @@ class Settings(BaseSettings):
             if file_password:
                 found.append(file_password)
         return tuple(found)
+
+
+def unknown_settings(env_file: Path | None = None) -> list[str]:
+    """`HOMEPAGE_EXPORTER_*` names in the environment or the .env file that are no setting
+    (pydantic-settings ignores them silently), each with the name probably meant."""
+    known = {f"{ENV_PREFIX}{name.upper()}" for name in Settings.model_fields}
+    given = [k for k in os.environ if k.startswith(ENV_PREFIX)]
+    path = env_file or Path(".env")
+    if path.is_file():
+        given += [k for k in dotenv_values(path) if k.upper().startswith(ENV_PREFIX)]
+    found = []
+    for name in dict.fromkeys(given):
+        if name.upper() in known:
+            continue
+        close = difflib.get_close_matches(name.upper(), sorted(known), n=1, cutoff=0.8)
+        found.append(f"{name} (did you mean {close[0]}?)" if close else name)
+    return found
 
 
 def _flag_name(field: str) -> str:

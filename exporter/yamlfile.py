@@ -4,10 +4,11 @@ and every node's line kept so that an error can name the line and the key."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import difflib
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, get_args, get_origin
 
 import yaml
 from pydantic import BaseModel, ValidationError
@@ -40,9 +41,55 @@ class Document:
         try:
             return model.model_validate(self.data)
         except ValidationError as exc:
-            first = exc.errors()[0]
+            errors = exc.errors()
+            unknown = _misspelt(model, errors)
+            if unknown is not None:
+                raise self.error(*unknown) from None
+            first = errors[0]
             message = describe(first, show_input=show_input)
             raise self.error(tuple(first["loc"]), message) from None
+
+
+def _element(kind: object) -> object:
+    """What a field holds: X for tuple[X, ...], list[X] or X | None."""
+    while get_origin(kind) is not None:
+        args = [a for a in get_args(kind) if a is not Ellipsis and a is not type(None)]
+        if not args:
+            return None
+        kind = args[0]
+    return kind
+
+
+def _fields_at(model: type[BaseModel], loc: Loc) -> list[str]:
+    """The keys the schema allows in the mapping at `loc`, or [] where it does not say."""
+    kind: object = model
+    for part in loc:
+        if isinstance(part, int):  # an item of a list: _element already stepped inside
+            continue
+        if not (isinstance(kind, type) and issubclass(kind, BaseModel)):
+            return []
+        field = kind.model_fields.get(part)
+        kind = _element(field.annotation) if field is not None else None
+    if isinstance(kind, type) and issubclass(kind, BaseModel):
+        return list(kind.model_fields)
+    return []
+
+
+def _misspelt(
+    model: type[BaseModel], errors: Sequence[Mapping[str, Any]]
+) -> tuple[Loc, str] | None:
+    """A key the schema does not know that is close to one it does ("intervall"): say so, and
+    which key was meant, rather than only that the meant one is missing."""
+    for error in errors:
+        if error["type"] != "extra_forbidden":
+            continue
+        loc = tuple(error["loc"])
+        key = str(loc[-1])
+        known = _fields_at(model, loc[:-1])
+        close = difflib.get_close_matches(key, known, n=1, cutoff=0.75)
+        if close:
+            return loc, f"unknown key {key!r}: did you mean {close[0]!r}?"
+    return None
 
 
 class _Loader(yaml.SafeLoader):

@@ -300,3 +300,59 @@ targets:
     for name, secret in secrets.items():
         assert secret not in everything, name
     assert "Traceback" not in everything
+
+
+def test_check_connect_with_a_wrong_password_says_it_once(pg: Cluster, tmp_path: Path) -> None:
+    """Once: the same authentication error for each of 20 queries. Now: one line, exit 1."""
+    result = cli(
+        "check",
+        "--connect",
+        env={"DATABASE_URL": exporter_dsn(pg, password="wrong-Password-1")},
+    )
+    assert result.returncode == 1
+    assert result.stdout.count("password authentication failed") == 1
+    assert result.stdout.splitlines()[-1].startswith("FAIL  cannot connect:")
+    assert "wrong-Password-1" not in result.stdout + result.stderr
+
+
+def test_nothing_listening_at_the_default_says_how_to_point_elsewhere(tmp_path: Path) -> None:
+    """Once: "Multiple exceptions: [Errno 111] ..." for each query. Now: what it means and the
+    setting that fixes it."""
+    from exporter.demo.cluster import free_port
+
+    closed = free_port()
+    # No DATABASE_URL: the default, localhost:5432, where the suite runs no server.
+    result = cli("check", "--connect")
+    explicit = cli(
+        "check", "--connect", env={"DATABASE_URL": f"postgresql://127.0.0.1:{closed}/postgres"}
+    )
+    assert result.returncode == 1
+    assert explicit.returncode == 1
+    assert explicit.stdout.count("\n") == 2
+    assert "connection refused: nothing listens there" in explicit.stdout
+    assert f"127.0.0.1:{closed}" in explicit.stdout
+    assert "Multiple exceptions" not in result.stdout + explicit.stdout
+    assert "set DATABASE_URL or --database-url" in result.stdout
+    assert "set DATABASE_URL" not in explicit.stdout
+
+
+def test_a_misspelt_setting_is_warned_of_with_the_name_meant(tmp_path: Path) -> None:
+    """Once: HOMEPAGE_EXPORTER_LOCALS=de (or in .env) was ignored without a word."""
+    (tmp_path / ".env").write_text("HOMEPAGE_EXPORTER_POOL_SIZ=3\n")
+    result = cli("check", env={"HOMEPAGE_EXPORTER_LOCALS": "de"}, cwd=tmp_path)
+    assert result.returncode == 0
+    assert "HOMEPAGE_EXPORTER_LOCALS (did you mean HOMEPAGE_EXPORTER_LOCALES?)" in result.stderr
+    assert "HOMEPAGE_EXPORTER_POOL_SIZ (did you mean HOMEPAGE_EXPORTER_POOL_SIZE?)" in result.stderr
+
+
+def test_every_setting_has_a_flag_that_works() -> None:
+    """Once: --connect-timeout, --ping-interval and --max-series-per-query did not exist, though
+    the README says every setting has a flag. Flags are generated from the settings now."""
+    from exporter.settings import Settings
+
+    helped = cli("run", "--help").stdout
+    for name in Settings.model_fields:
+        assert f"--{name.replace('_', '-')}" in helped, name
+    result = cli("check", "--connect-timeout", "0", env={})
+    assert result.returncode == 2
+    assert "setting flag --connect-timeout:" in result.stderr

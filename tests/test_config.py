@@ -183,3 +183,28 @@ def test_binary_file_is_refused(tmp_path: Path) -> None:
     path.write_bytes(b"\xff\xfe\x00garbage")
     with pytest.raises(ConfigError, match="not UTF-8"):
         load_config(path)
+
+
+@pytest.mark.parametrize(
+    ("wrong", "right", "expected"),
+    [
+        (
+            "    interval: 30s\n",
+            "    intervall: 30s\n",
+            "unknown key 'intervall': did you mean 'interval'?",
+        ),
+        ("    timeout: 5s\n", "    timeot: 5s\n", "unknown key 'timeot': did you mean 'timeout'?"),
+        ("        value: ", "        vaule: ", "unknown key 'vaule': did you mean 'value'?"),
+    ],
+    ids=["required", "optional", "metric"],
+)
+def test_a_misspelt_key_is_named_with_the_key_meant(
+    tmp_path: Path, wrong: str, right: str, expected: str
+) -> None:
+    """Once: "interval: required key is missing", with the misspelling never named."""
+    path = tmp_path / "q.yaml"
+    path.write_text(SHIPPED_QUERIES.read_text().replace(wrong, right, 1))
+    with pytest.raises(ConfigError) as caught:
+        load_config(path)
+    assert expected in str(caught.value)
+    assert "required key is missing" not in str(caught.value)

@@ -141,7 +141,7 @@ def test_a_query_stuck_on_a_lock_is_cancelled_and_nothing_else_waits(
         ),
         (
             "postgresql://{user}:{pw}@127.0.0.1:{closed}/cms",
-            "Connection refused (connecting to 127.0.0.1:{closed}/cms)",
+            "connection refused: nothing listens there (connecting to 127.0.0.1:{closed}/cms)",
         ),
     ],
     ids=["unknown-host", "missing-database", "refused"],
