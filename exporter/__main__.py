@@ -1,5 +1,8 @@
-"""`python -m exporter` runs the command line."""
+"""`python -m exporter`: the command line (exporter/cli.py)."""
 
-from exporter.cli import main
+try:
+    from exporter.cli import main
+except KeyboardInterrupt:  # Ctrl-C while the program is still loading: no traceback
+    raise SystemExit(130) from None
 
 raise SystemExit(main())

@@ -56,6 +56,13 @@ def test_demo_serves_a_living_homepage_and_cleans_up(flavour: str) -> None:
             assert isinstance(scrape, Scrape)
             output = Path(log.name).read_text()
             assert f"Homepage CMS exporter demo: {url}" in output
+            # The database is printed, so that README step 1's psql can reach it.
+            db_url = re.search(r"Database: (postgresql://\S+)", output)
+            assert db_url is not None
+            assert "/homepage" in db_url.group(1)
+            if flavour == "pgserver":  # says plainly what stays empty without the extensions
+                assert "demo_without_extensions" in output
+                assert "missing=pg_cron,pg_stat_statements" in output
             assert scrape.get("homepage_sections_live", locale="en") == 12
             assert scrape.get("homepage_sections_visible_to_anon", locale="fr") == 12
             assert scrape.get("homepage_exporter_database_up") == 1
@@ -75,3 +82,55 @@ def test_demo_serves_a_living_homepage_and_cleans_up(flavour: str) -> None:
         # SO_REUSEADDR tolerates closed connections in TIME_WAIT, not a live listener.
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind(("127.0.0.1", port))
+
+
+def _demo(env: dict[str, str], *args: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "exporter", "demo", *args],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,  # its own process group, as a shell gives a foreground job
+    )
+
+
+def _running(pattern: str) -> bool:
+    out = subprocess.run(["ps", "-ww", "-eo", "args"], capture_output=True, text=True, check=True)
+    return any(pattern in line and "homepage-pg-" in line for line in out.stdout.splitlines())
+
+
+@pytest.mark.parametrize("moment", ["initdb", "server-start", "schema"])
+def test_ctrl_c_while_the_demo_database_is_being_made_is_a_clean_stop(moment: str) -> None:
+    """Once: Ctrl-C in the first second and a half printed an initdb error and exited 1."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HOMEPAGE_EXPORTER_")}
+    proc = _demo(env, "--listen-address", f"127.0.0.1:{free_port()}")
+    try:
+        program = {"initdb": "bin/initdb", "server-start": "bin/postgres", "schema": "bin/psql"}[
+            moment
+        ]
+        wait_for(lambda: _running(program), 30, f"the demo {moment}", step=0.01)
+    finally:
+        os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C does: the whole foreground group
+        output, _ = proc.communicate(timeout=30)
+    assert proc.returncode == 0, output
+    assert "initdb" not in output.replace("bin/initdb", "")
+    assert "Traceback" not in output
+    assert not _running("bin/postgres")
+
+
+def test_a_quick_restart_gets_the_default_port_again() -> None:
+    """Once: the port check bound without SO_REUSEADDR, so a restart within a minute (the
+    previous scrapes' connections in TIME_WAIT) landed on a random port."""
+    from exporter.demo.run import _port_free
+
+    with socket.socket() as server:
+        server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        server.bind(("127.0.0.1", 0))
+        port = server.getsockname()[1]
+        server.listen()
+        client = socket.create_connection(("127.0.0.1", port))
+        accepted, _ = server.accept()
+        accepted.close()  # the server side closes first: its end waits in TIME_WAIT
+        client.close()
+    assert _port_free(port)

@@ -149,6 +149,9 @@ class Cluster:
             env=env,
             cwd="/",
             input=stdin,
+            # Not in the terminal's process group: Ctrl-C reaches only us, and we stop the
+            # server and clean up, rather than initdb dying half-way with an error of its own.
+            start_new_session=True,
         )
         if result.returncode != 0:
             tail = ""

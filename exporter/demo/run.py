@@ -26,6 +26,11 @@ DATABASE = "homepage"
 LOCALES = "en,de,fr"
 # 5 GB: the seed's media sit around 1 %, so storage alerts stay quiet unless you lower it.
 DEMO_QUOTA_BYTES = 5 * 1024**3
+# What stays empty on a server without an extension (the pgserver wheel has neither).
+EMPTY_WITHOUT = {
+    "pg_cron": "the cron job metrics, their five alerts and the dashboard's cron panels",
+    "pg_stat_statements": "the statement metrics and the dashboard's statement panels",
+}
 
 
 def _listen_address(requested: str | None) -> str:
@@ -38,6 +43,8 @@ def _listen_address(requested: str | None) -> str:
 
 def _port_free(port: int) -> bool:
     with socket.socket() as sock:
+        # As the server binds: connections of a previous run in TIME_WAIT do not count.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind(("127.0.0.1", port))
         except OSError:
@@ -81,6 +88,13 @@ def demo(listen_address: str | None, queries_file: Path | None) -> int:
             datadir=str(cluster.base),
         )
         prepare(cluster, password)
+        missing = [e for e in ("pg_cron", "pg_stat_statements") if e not in cluster.preload]
+        if missing:
+            log.info(
+                "demo_without_extensions",
+                missing=",".join(missing),
+                empty=", ".join(EMPTY_WITHOUT[e] for e in missing),
+            )
         overrides: dict[str, object] = {
             "database_url": cluster.url(EXPORTER_ROLE, password, DATABASE),
             "listen_address": _listen_address(listen_address),
@@ -92,8 +106,9 @@ def demo(listen_address: str | None, queries_file: Path | None) -> int:
         settings = load_settings(overrides)
         url = f"http://{settings.listen}/metrics"
         print(
-            f"\nHomepage CMS exporter demo: {url}\n(Ctrl-C stops the exporter, the simulator"
-            " and the database.)\n",
+            f"\nHomepage CMS exporter demo: {url}\nStatus page: http://{settings.listen}/"
+            f"\nDatabase: {cluster.url(database=DATABASE)}  (psql it; a throwaway cluster)"
+            "\n(Ctrl-C stops the exporter, the simulator and the database.)\n",
             file=sys.stderr,
             flush=True,
         )
