@@ -101,6 +101,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         logs.configure(settings.log_level, settings.log_format, redact)
         for name in unknown_settings(args.env_file):
             logs.get_logger().warning("unknown_setting_ignored", name=name)
+        _warn_of_a_local_queries_file(settings)
         settings.database_password()  # an unreadable password file is a config error, now
         targets = load_targets(settings)
         redact = logs.Redactor(secrets_of(targets))  # every target's passwords, not only ours
@@ -132,6 +133,26 @@ def _triage(target: Target, as_json: bool, redact: logs.Redactor) -> int:
     code = run_triage(target, as_json=as_json, out=buffer)
     sys.stdout.write(redact(buffer.getvalue()))
     return code
+
+
+def _warn_of_a_local_queries_file(settings: Settings) -> None:
+    """A queries.yaml here (a clone being edited) is not what runs unless asked for: say so."""
+    local = Path("queries.yaml")
+    if "queries_file" in settings.model_fields_set or not local.is_file():
+        return
+    try:
+        same = local.resolve() == settings.queries_file.resolve() or (
+            local.read_bytes() == settings.queries_file.read_bytes()
+        )
+    except OSError:
+        return
+    if not same:
+        logs.get_logger().warning(
+            "local_queries_file_not_used",
+            using=str(settings.queries_file),
+            ignored=str(local.resolve()),
+            hint="pass --queries-file queries.yaml (or HOMEPAGE_EXPORTER_QUERIES_FILE) to use it",
+        )
 
 
 def _pick(targets: list[Target], name: str | None, command: str = "once") -> Target:

@@ -356,3 +356,17 @@ def test_every_setting_has_a_flag_that_works() -> None:
     result = cli("check", "--connect-timeout", "0", env={})
     assert result.returncode == 2
     assert "setting flag --connect-timeout:" in result.stderr
+
+
+def test_an_edited_queries_yaml_here_is_not_silently_ignored(tmp_path: Path) -> None:
+    """Once: editing the cloned queries.yaml changed nothing (the installed copy ran) and
+    nothing said so."""
+    from exporter.settings import SHIPPED_QUERIES
+
+    (tmp_path / "queries.yaml").write_text(SHIPPED_QUERIES.read_text() + "\n# edited\n")
+    result = cli("check", cwd=tmp_path)
+    assert result.returncode == 0
+    assert "local_queries_file_not_used" in result.stderr
+    assert "--queries-file queries.yaml" in result.stderr
+    chosen = cli("check", "--queries-file", "queries.yaml", cwd=tmp_path)
+    assert "local_queries_file_not_used" not in chosen.stderr
