@@ -9,7 +9,6 @@ generated from alerts/thresholds.yaml by tools/mixin).
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
 import html
 import json
@@ -21,7 +20,7 @@ from typing import Any
 from exporter import __version__
 from exporter.durations import format_duration
 from exporter.snapshot import Snapshot
-from exporter.store import TargetStore
+from exporter.store import Coalesced, TargetStore
 
 QUICKREF = Path(__file__).with_name("quickref.json")
 STATES = {  # state -> (word, colour); colour is never the only signal
@@ -220,26 +219,14 @@ class StatusPage:
         self._links = list(links)
         self._clock = clock
         self._runbook_url, self._checks = load_checks(quickref)
-        self._pending = False
         self.renders = 0
         self.body = b""
+        self.render = Coalesced(self.render_now)
         for _, store in self._targets:
             store.on_render(self.render)
         self.render_now()
 
-    def render(self) -> None:
-        if self._pending:
-            return
-        try:
-            loop = asyncio.get_running_loop()
-        except RuntimeError:
-            self.render_now()
-            return
-        self._pending = True
-        loop.call_soon(self.render_now)
-
     def render_now(self) -> None:
-        self._pending = False
         self.renders += 1
         self.body = render(
             self._targets, self._runbook_url, self._checks, self._clock(), self._links

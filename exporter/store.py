@@ -23,16 +23,41 @@ from exporter.exposition import Fragment, Page
 from exporter.snapshot import Clock, Snapshot, SystemClock
 
 
+class Coalesced:
+    """Calls `action` once per event-loop turn however often it is asked to in that turn
+    (when the database goes down every query fails in the same instant), or at once outside
+    an event loop."""
+
+    def __init__(self, action: Callable[[], None]) -> None:
+        self._action = action
+        self._pending = False
+
+    def __call__(self) -> None:
+        if self._pending:
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            self._action()
+            return
+        self._pending = True
+        loop.call_soon(self._run)
+
+    def _run(self) -> None:
+        self._pending = False
+        self._action()
+
+
 class Store:
     """A page assembled from fragments, re-rendered when they change; listeners re-render
-    with it."""
+    with it. `render()` asks for a render this event-loop turn; `render_now()` does it."""
 
     def __init__(self) -> None:
         self.page = Page.assemble(())
         self.gzip_wanted: set[bool] = set()  # the formats (OpenMetrics?) asked for gzipped
         self._fragments: tuple[Fragment, ...] = ()
-        self._render_pending = False
         self._listeners: list[Callable[[], None]] = []
+        self.render = Coalesced(self.render_now)
 
     def fragments(self) -> tuple[Fragment, ...]:
         """The fragments of the last render."""
@@ -48,20 +73,7 @@ class Store:
         """A client asked for this format gzipped: from now on every render compresses it."""
         self.gzip_wanted.add(openmetrics)
 
-    def render(self) -> None:
-        """Re-render soon: once per event-loop turn, or right away outside an event loop."""
-        if self._render_pending:
-            return
-        try:
-            loop = asyncio.get_running_loop()
-        except RuntimeError:
-            self.render_now()
-            return
-        self._render_pending = True
-        loop.call_soon(self.render_now)
-
     def render_now(self) -> None:
-        self._render_pending = False
         self._fragments = tuple(self.build())
         page = Page.assemble(self._fragments)
         for openmetrics in self.gzip_wanted:

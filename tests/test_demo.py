@@ -95,28 +95,44 @@ def _demo(env: dict[str, str], *args: str) -> subprocess.Popen[str]:
     )
 
 
-def _running(pattern: str) -> bool:
-    out = subprocess.run(["ps", "-ww", "-eo", "args"], capture_output=True, text=True, check=True)
-    return any(pattern in line and "homepage-pg-" in line for line in out.stdout.splitlines())
+def _child(parent: int, program: str) -> str | None:
+    """The command line of `parent`'s child running `program`, if there is one now."""
+    out = subprocess.run(
+        ["ps", "-ww", "-eo", "ppid=,args="], capture_output=True, text=True, check=True
+    )
+    for line in out.stdout.splitlines():
+        ppid, _, args = line.strip().partition(" ")
+        if ppid == str(parent) and program in args:
+            return args
+    return None
 
 
-@pytest.mark.parametrize("moment", ["initdb", "server-start", "schema"])
+@pytest.mark.parametrize("moment", ["bin/initdb", "bin/pg_ctl", "bin/psql"])
 def test_ctrl_c_while_the_demo_database_is_being_made_is_a_clean_stop(moment: str) -> None:
-    """Once: Ctrl-C in the first second and a half printed an initdb error and exited 1."""
+    """Once: Ctrl-C in the first second and a half printed an initdb error and exited 1.
+    Ctrl-C lands while the demo runs initdb, starts the server, or loads the schema."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("HOMEPAGE_EXPORTER_")}
     proc = _demo(env, "--listen-address", f"127.0.0.1:{free_port()}")
+    seen: list[str] = []
+
+    def at_the_moment() -> bool:
+        args = _child(proc.pid, moment)
+        if args is not None:
+            seen.append(args)
+        return args is not None
+
     try:
-        program = {"initdb": "bin/initdb", "server-start": "bin/postgres", "schema": "bin/psql"}[
-            moment
-        ]
-        wait_for(lambda: _running(program), 30, f"the demo {moment}", step=0.01)
+        wait_for(at_the_moment, 30, f"the demo running {moment}", step=0.005)
     finally:
         os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C does: the whole foreground group
         output, _ = proc.communicate(timeout=30)
     assert proc.returncode == 0, output
-    assert "initdb" not in output.replace("bin/initdb", "")
+    assert "initdb" not in output
     assert "Traceback" not in output
-    assert not _running("bin/postgres")
+    base = re.search(r"\S*/homepage-pg-[A-Za-z0-9_]+", seen[0])  # the demo's folder
+    assert base is not None, seen[0]
+    assert postgres_processes(base.group(0)) == 0
+    assert not Path(base.group(0)).exists()
 
 
 def test_a_quick_restart_gets_the_default_port_again() -> None:
