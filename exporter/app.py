@@ -23,9 +23,9 @@ from exporter.config import Config, load_config
 from exporter.errors import ConfigError, QueryError
 from exporter.http import HttpServer
 from exporter.logs import Redactor, get_logger
-from exporter.scheduler import Pinger, Scheduler, ping, reachable, run_query
+from exporter.scheduler import Pinger, Scheduler, ping, reachable, record, run_query
 from exporter.settings import Settings
-from exporter.snapshot import Outcome, SystemClock, transition
+from exporter.snapshot import Outcome, SystemClock
 from exporter.statuspage import StatusPage
 from exporter.store import ExporterStore, Joined, Store, TargetStore
 from exporter.targets import Target
@@ -187,20 +187,12 @@ def once(target: Target, config: Config, out: TextIO = sys.stdout) -> int:
     error, outcomes = asyncio.run(run_all(target, config))
     store = TargetStore(config)
     store.set_database_up(error is None)
+    log, now = get_logger(), SystemClock().now()
     if error is not None:
-        get_logger().error("database_unreachable", error=unreachable_line(target, error))
-    log = get_logger()
-    clock = SystemClock()
-    failed = False
+        log.error("database_unreachable", error=unreachable_line(target, error))
     for outcome in outcomes:
-        previous = store.snapshot(outcome.query.name)
-        if previous is None:
-            continue
-        snapshot, events = transition(previous, outcome, clock.now())
-        for event in events:
-            getattr(log.bind(query=outcome.query.name), event.level)(event.name, **event.fields)
-        store.publish(snapshot)
-        failed = failed or outcome.error is not None
+        record(store, outcome, now, log.bind(query=outcome.query.name))
+    failed = any(o.error is not None for o in outcomes)
     page = Joined([store, ExporterStore()]).page
     out.write(page.text.decode())
     return 1 if failed or error is not None else 0

@@ -97,15 +97,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     redact = logs.Redactor()
     try:
         settings = _settings(args)
-        redact = logs.Redactor(settings.secrets())
-        logs.configure(settings.log_level, settings.log_format, redact)
-        for name in unknown_settings(args.env_file):
-            logs.get_logger().warning("unknown_setting_ignored", name=name)
-        _warn_of_a_local_queries_file(settings)
+        redact = logs.Redactor(settings.secrets())  # for an error in the targets file
         settings.database_password()  # an unreadable password file is a config error, now
         targets = load_targets(settings)
         redact = logs.Redactor(secrets_of(targets))  # every target's passwords, not only ours
         logs.configure(settings.log_level, settings.log_format, redact)
+        for name in unknown_settings(args.env_file):
+            logs.get_logger().warning("unknown_setting_ignored", name=name)
+        _warn_of_a_local_queries_file(settings)
         config = load_config(settings.queries_file)
         web = load_web_config(settings.web_config_file) if settings.web_config_file else None
         if args.command == "healthcheck":

@@ -65,13 +65,11 @@ NO_STORE = {"Cache-Control": "no-store"}  # the status page is always the curren
 UNAUTHORIZED_HEADERS = {"WWW-Authenticate": 'Basic realm="homepage-cms-exporter"'}
 
 
-# Prometheus sends the same Accept and Accept-Encoding on every scrape: parse each text once.
-@functools.lru_cache(maxsize=64)
-def wants_openmetrics(accept: str) -> bool:
-    """True when the client lists OpenMetrics at a q-value at least that of any other type."""
-    best_other, best_om = 0.0, -1.0
-    for part in accept.split(","):
-        media, *params = (p.strip() for p in part.split(";"))
+def _qvalues(header: str) -> dict[str, float]:
+    """`type;q=0.5, other` as {type: q} (RFC 9110 weights; a bad q counts as 0)."""
+    weights: dict[str, float] = {}
+    for part in header.split(","):
+        name, *params = (p.strip() for p in part.split(";"))
         q = 1.0
         for param in params:
             key, _, value = param.partition("=")
@@ -80,20 +78,23 @@ def wants_openmetrics(accept: str) -> bool:
                     q = float(value)
                 except ValueError:
                     q = 0.0
-        if media == "application/openmetrics-text":
-            best_om = max(best_om, q)
-        elif media:
-            best_other = max(best_other, q)
-    return best_om > 0 and best_om >= best_other
+        if name:
+            weights[name.lower()] = max(q, weights.get(name.lower(), 0.0))
+    return weights
+
+
+# Prometheus sends the same Accept and Accept-Encoding on every scrape: parse each text once.
+@functools.lru_cache(maxsize=64)
+def wants_openmetrics(accept: str) -> bool:
+    """True when the client lists OpenMetrics at a q-value at least that of any other type."""
+    weights = _qvalues(accept)
+    om = weights.pop("application/openmetrics-text", 0.0)
+    return om > 0 and om >= max(weights.values(), default=0.0)
 
 
 @functools.lru_cache(maxsize=64)
 def accepts_gzip(accept_encoding: str) -> bool:
-    for part in accept_encoding.split(","):
-        coding, _, q = part.strip().partition(";")
-        if coding.strip() == "gzip":
-            return q.strip().replace(" ", "") not in ("q=0", "q=0.0", "q=0.00", "q=0.000")
-    return False
+    return _qvalues(accept_encoding).get("gzip", 0.0) > 0
 
 
 def _landing(metrics_path: str) -> bytes:

@@ -17,7 +17,7 @@ from exporter.errors import ErrorReason, QueryError
 from exporter.exposition import Fragment, to_client_families
 from exporter.logs import Logger
 from exporter.mapping import Family, map_rows
-from exporter.snapshot import Clock, Outcome, Requirement, SystemClock, transition
+from exporter.snapshot import Clock, Instant, Outcome, Requirement, SystemClock, transition
 from exporter.store import TargetStore
 
 FIRST_RUN_JITTER_SECONDS = 0.25
@@ -80,6 +80,19 @@ async def ping(db: Database, timeout: float) -> QueryError | None:
 def reachable(error: QueryError | None) -> bool:
     """Whether a ping's result means the database is up (a permission error still answered)."""
     return error is None or error.reason not in (ErrorReason.CONNECTION, ErrorReason.TIMEOUT)
+
+
+def record(store: TargetStore, outcome: Outcome, now: Instant, log: Logger) -> bool:
+    """Publish what `outcome` makes of its query's snapshot (transition) and log its events;
+    False if the query left or changed in the store meanwhile (a reload), and nothing changed."""
+    previous = store.snapshot(outcome.query.name)
+    if previous is None or previous.query != outcome.query:
+        return False
+    snapshot, events = transition(previous, outcome, now)
+    for event in events:
+        getattr(log, event.level)(event.name, **event.fields)
+    store.publish(snapshot)
+    return True
 
 
 class Scheduler:
@@ -149,13 +162,8 @@ class Scheduler:
         while True:
             started = self._clock.now().monotonic
             outcome = await self._run(query)
-            previous = self._store.snapshot(query.name)
-            if previous is None or previous.query != query:
+            if not record(self._store, outcome, self._clock.now(), log):
                 return  # reloaded away meanwhile; apply() has started its successor
-            snapshot, events = transition(previous, outcome, self._clock.now())
-            for event in events:
-                getattr(log, event.level)(event.name, **event.fields)
-            self._store.publish(snapshot)
             if outcome.error is not None and outcome.error.reason is ErrorReason.CONNECTION:
                 self._on_connection_error()
             jitter = self._rng.uniform(1 - INTERVAL_JITTER, 1 + INTERVAL_JITTER)

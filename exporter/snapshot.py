@@ -79,8 +79,7 @@ class Snapshot:
 
     query: Query
     fragment: Fragment = EMPTY
-    families: tuple[Family, ...] = ()  # the values behind `fragment`, for the status page
-    series: int = 0
+    families: tuple[Family, ...] = ()  # the values behind `fragment`
     up: bool | None = None
     skipped: Requirement | None = None
     duration: float | None = None
@@ -91,6 +90,10 @@ class Snapshot:
     errors: Mapping[ErrorReason, int] = field(default_factory=lambda: _NO_ERRORS)
     failing: ErrorReason | None = None  # the reason of the current run of failures
     failed_runs: int = 0
+
+    @property
+    def series(self) -> int:
+        return sum(len(f.samples) for f in self.families)
 
     def carried_to(self, query: Query) -> Snapshot:
         """This query's counters under a changed definition (after a reload); values start over:
@@ -131,7 +134,6 @@ def transition(prev: Snapshot, outcome: Outcome, now: Instant) -> tuple[Snapshot
                 prev.query,
                 fragment=outcome.fragment,
                 families=outcome.families,
-                series=outcome.series,
                 up=True,
                 duration=outcome.duration,
                 last_success=now,
@@ -162,7 +164,6 @@ def transition(prev: Snapshot, outcome: Outcome, now: Instant) -> tuple[Snapshot
             prev,
             fragment=prev.fragment if fresh else EMPTY,
             families=prev.families if fresh else (),
-            series=prev.series if fresh else 0,
             last_error=f"{error.reason}: {error.message}",
             last_error_at=now,
             up=False,

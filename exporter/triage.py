@@ -16,31 +16,34 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import json
+import re
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import IntEnum
-from typing import TextIO
+from typing import Any, TextIO
 
 from exporter.db import Database
 from exporter.durations import format_duration
 from exporter.errors import ErrorReason, QueryError
 from exporter.scheduler import ping, reachable
+from exporter.statuspage import QUICKREF
 from exporter.targets import Target
 
 CHECK_TIMEOUT_SECONDS = 3.0
 MAX_ROWS = 20
 QUERY_PREFIX_CHARS = 40  # of other sessions' SQL: enough to recognise, not to leak literals
 RUNBOOK = "docs/runbook.md"
-# The runbook's numbers (alerts/thresholds.yaml holds the same; a test keeps them equal).
-PUBLISH_LAG_MINUTES = 5
-PUBLISH_FAILURES_PER_HOUR_CRITICAL = 5
-RENDER_SECONDS_CRITICAL = 1.0
-SLOW_QUERY_SECONDS = 1.0  # "Homepage load time > 1 second"
-DEAD_TUPLE_RATIO = 0.2
-BLOAT_MIN_DEAD_ROWS = 1000
-STATISTICS_AGE_SECONDS = 172800
-CMS_CRON_JOB = "process-scheduled-publishes"
+# The alerts' own numbers: alerts/thresholds.yaml, carried into the package by tools/mixin.
+_T: dict[str, Any] = json.loads(QUICKREF.read_text(encoding="utf-8"))["thresholds"]
+PUBLISH_LAG_MINUTES = int(_T["publish_lag_minutes"]["warning"])
+PUBLISH_FAILURES_PER_HOUR_CRITICAL = int(_T["publish_failures_per_hour"]["critical"])
+RENDER_SECONDS_CRITICAL = float(_T["render_seconds"]["critical"])
+SLOW_QUERY_SECONDS = RENDER_SECONDS_CRITICAL  # P3's symptom: "Homepage load time > 1 second"
+DEAD_TUPLE_RATIO = float(_T["dead_tuple_ratio"])
+BLOAT_MIN_DEAD_ROWS = int(_T["bloat_min_dead_rows"])
+STATISTICS_AGE_SECONDS = float(_T["statistics_age_seconds"])
+CMS_CRON_JOB = str(_T["cms_cron_job"])
 RUNBOOK_INDEXES = {
     "idx_homepage_sections_render": (
         "homepage_sections (locale, display_order) WHERE is_active AND status = 'published'"
@@ -48,6 +51,7 @@ RUNBOOK_INDEXES = {
     "idx_section_versions_history": "section_versions (section_id, version_number DESC)",
     "idx_section_schedules_pending": "section_schedules (publish_at) WHERE status = 'pending'",
 }
+PERMISSION = re.compile(r"permission denied|row-level security", re.IGNORECASE)
 CMS_TABLES = "(c.relname LIKE 'homepage%' OR c.relname LIKE 'section%' OR c.relname LIKE 'media%')"
 
 
@@ -139,7 +143,7 @@ class Context:
         self.locales = list(locales)
         self.live: dict[str, int] = {}  # locale -> live sections, filled by the first check
 
-    async def rows(self, sql: str, *args: object) -> list[dict[str, object]]:
+    async def rows(self, sql: str, *args: object) -> list[dict[str, Any]]:
         result = await self.db.fetch(sql, args, CHECK_TIMEOUT_SECONDS)
         return [dict(zip(result.columns, row, strict=True)) for row in result.rows]
 
@@ -163,7 +167,7 @@ async def check_sections(ctx: Context) -> list[Finding]:
     findings = []
     for row in counts:
         locale = str(row["locale"])
-        ctx.live[locale] = int(str(row["live"]))
+        ctx.live[locale] = int(row["live"])
         if ctx.live[locale] > 0:
             continue
         disabled = await ctx.rows(
@@ -215,7 +219,7 @@ async def check_anon(ctx: Context) -> list[Finding]:
     blind = [
         str(r["locale"])
         for r in visible
-        if int(str(r["visible"])) == 0 and ctx.live.get(str(r["locale"]), 0) > 0
+        if int(r["visible"]) == 0 and ctx.live.get(str(r["locale"]), 0) > 0
     ]
     if not blind:
         return []
@@ -304,8 +308,8 @@ async def check_render(ctx: Context) -> list[Finding]:
         ]
     findings = []
     for row in rendered:
-        locale, seconds = str(row["locale"]), float(str(row["render_seconds"]))
-        if int(str(row["sections"])) == 0 and ctx.live.get(locale, 0) > 0:
+        locale, seconds = str(row["locale"]), float(row["render_seconds"])
+        if int(row["sections"]) == 0 and ctx.live.get(locale, 0) > 0:
             findings.append(
                 Finding(
                     Severity.P1,
@@ -357,8 +361,8 @@ async def check_schedules(ctx: Context) -> list[Finding]:
     )
     findings = []
     if overdue:
-        total = int(str(overdue[0]["overdue"]))
-        oldest = float(str(overdue[0]["age_seconds"]))
+        total = int(overdue[0]["overdue"])
+        oldest = float(overdue[0]["age_seconds"])
         findings.append(
             Finding(
                 Severity.P2,
@@ -374,7 +378,7 @@ async def check_schedules(ctx: Context) -> list[Finding]:
             )
         )
     if failed:
-        total = int(str(failed[0]["failed"]))
+        total = int(failed[0]["failed"])
         severe = total >= PUBLISH_FAILURES_PER_HOUR_CRITICAL
         findings.append(
             Finding(
@@ -428,21 +432,35 @@ async def check_cron(ctx: Context) -> list[Finding]:
         " ORDER BY runid DESC LIMIT 5",
         job[0]["jobid"],
     )
-    if runs and runs[0]["status"] == "failed":
+    if not runs or runs[0]["status"] != "failed":
+        return []
+    if PERMISSION.search(str(runs[0]["message"])):  # path C: RLS or grants block the publish
         return [
             Finding(
                 Severity.P2,
-                "B",
-                f"cron job {CMS_CRON_JOB}: its last run failed",
-                "the newest runs of the job (newest first) with pg_cron's message",
+                "C",
+                f"cron job {CMS_CRON_JOB}: its last run was refused by permissions",
+                "the newest runs of the job (newest first): row level security or a grant"
+                " blocks process_scheduled_publishes()",
                 runs,
-                "Run the function by hand to see its error, fix it (re-run the migration if"
-                " the function was corrupted).",
-                ("SELECT * FROM process_scheduled_publishes();",),
-                "homepagecronjobfailed",
+                "Make the function SECURITY DEFINER again (or restore the grant it lost).",
+                ("ALTER FUNCTION process_scheduled_publishes() SECURITY DEFINER;",),
+                "homepagepublishfunctionnotsecuritydefiner",
             )
         ]
-    return []
+    return [
+        Finding(
+            Severity.P2,
+            "B",
+            f"cron job {CMS_CRON_JOB}: its last run failed",
+            "the newest runs of the job (newest first) with pg_cron's message",
+            runs,
+            "Run the function by hand to see its error, fix it (re-run the migration if"
+            " the function was corrupted).",
+            ("SELECT * FROM process_scheduled_publishes();",),
+            "homepagecronjobfailed",
+        )
+    ]
 
 
 async def check_publish_function(ctx: Context) -> list[Finding]:
@@ -576,16 +594,16 @@ async def check_tables(ctx: Context) -> list[Finding]:
     bloated = [
         r
         for r in rows
-        if int(str(r["dead_rows"])) >= BLOAT_MIN_DEAD_ROWS
-        and float(str(r["dead_ratio"] or 0)) > DEAD_TUPLE_RATIO
+        if int(r["dead_rows"]) >= BLOAT_MIN_DEAD_ROWS
+        and float(r["dead_ratio"] or 0) > DEAD_TUPLE_RATIO
     ]
     now = dt.datetime.now(dt.UTC)
     stale = [
         r
         for r in rows
-        if int(str(r["changed_since_analyze"])) > 0
+        if int(r["changed_since_analyze"]) > 0
         and (
-            (r["last_analyzed"] is None and int(str(r["live_rows"])) >= BLOAT_MIN_DEAD_ROWS)
+            (r["last_analyzed"] is None and int(r["live_rows"]) >= BLOAT_MIN_DEAD_ROWS)
             or (
                 isinstance(r["last_analyzed"], dt.datetime)
                 and (now - r["last_analyzed"]).total_seconds() > STATISTICS_AGE_SECONDS

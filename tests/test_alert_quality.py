@@ -221,8 +221,8 @@ INCIDENTS = [
 # fmt: on
 
 
-@pytest.fixture(scope="module")
-def cluster() -> Iterator[Cluster]:
+def quality_cluster() -> Iterator[Cluster]:
+    """PostgreSQL with pg_cron and the reference schema, for the scenarios (test_triage too)."""
     server = Cluster(cron_database=DATABASE)
     try:
         server.init().start()
@@ -235,15 +235,23 @@ def cluster() -> Iterator[Cluster]:
         server.destroy()
 
 
-def exposition(cluster: Cluster, scenario: Scenario) -> str:
-    """The state built, analyzed as the weekly job does, read once by the real exporter."""
+cluster = pytest.fixture(scope="module", name="cluster")(quality_cluster)
+
+
+def build(cluster: Cluster, scenario: Scenario) -> None:
+    """The scenario's state, analyzed as the weekly job does (or the server stopped)."""
     if scenario.stop_database:
         cluster.stop()
-    else:
-        # Undo the previous scenario: functions, policies, grants, the exporter's objects, jobs.
-        cluster.psql_file(sql_file("schema.sql"), DATABASE)
-        load_exporter_role(cluster, DATABASE, EXPORTER_PASSWORD)
-        cluster.psql_file_text(RESET_CRON + HEALTHY + scenario.sql + "\nANALYZE;\n", DATABASE)
+        return
+    # Undo the previous scenario: functions, policies, grants, the exporter's objects, jobs.
+    cluster.psql_file(sql_file("schema.sql"), DATABASE)
+    load_exporter_role(cluster, DATABASE, EXPORTER_PASSWORD)
+    cluster.psql_file_text(RESET_CRON + HEALTHY + scenario.sql + "\nANALYZE;\n", DATABASE)
+
+
+def exposition(cluster: Cluster, scenario: Scenario) -> str:
+    """The state built, read once by the real exporter."""
+    build(cluster, scenario)
     env = {
         "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
         "HOMEPAGE_EXPORTER_DATABASE_URL": exporter_dsn(cluster, DATABASE),

@@ -24,6 +24,8 @@ from exporter.demo.cluster import Cluster, free_port
 from exporter.demo.database import sql_file
 from tests.conftest import CMS, exporter_dsn
 from tests.harness import wait_for
+from tests.test_alert_quality import BENIGN, INCIDENTS, Scenario, build, quality_cluster
+from tests.test_alert_quality import DATABASE as QUALITY_DB
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parent.parent
@@ -35,10 +37,12 @@ ANALYZE;
 """
 
 
-def run(database_url: str, *args: str, targets: Path | None = None) -> tuple[int, str, str]:
+def run(
+    database_url: str, *args: str, targets: Path | None = None, locales: str = "en,de,fr"
+) -> tuple[int, str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("HOMEPAGE_EXPORTER_")}
     env.pop("DATABASE_URL", None)
-    env.update({"DATABASE_URL": database_url, "HOMEPAGE_EXPORTER_LOCALES": "en,de,fr"})
+    env.update({"DATABASE_URL": database_url, "HOMEPAGE_EXPORTER_LOCALES": locales})
     if targets is not None:
         env["HOMEPAGE_EXPORTER_TARGETS_FILE"] = str(targets)
     result = subprocess.run(
@@ -213,7 +217,7 @@ def test_p2_b_the_cron_jobs_runs_fail(pg: Cluster, cron: str) -> None:
         "INSERT INTO cron.job_run_details (jobid, job_pid, database, username, command, status,"
         " return_message, start_time, end_time)"
         " SELECT jobid, 1, 'cms', 'postgres', command, 'failed',"
-        " 'ERROR:  permission denied for table section_schedules',"
+        " 'ERROR:  function process_scheduled_publishes() does not exist',"
         " now() - interval '3 minutes', now() - interval '3 minutes' + interval '1 second'"
         " FROM cron.job WHERE jobname = 'process-scheduled-publishes'",
         database=cron,
@@ -222,7 +226,7 @@ def test_p2_b_the_cron_jobs_runs_fail(pg: Cluster, cron: str) -> None:
     assert code == 2
     b = finding(data, "P2", "B")
     assert b["rows"][0]["status"] == "failed"
-    assert "permission denied for table section_schedules" in b["rows"][0]["message"]
+    assert "process_scheduled_publishes() does not exist" in b["rows"][0]["message"]
 
 
 def test_p3_a_forgotten_session_blocks_the_homepage(pg: Cluster, homepage: str) -> None:
@@ -345,3 +349,54 @@ def test_with_a_targets_file_target_picks_the_database(
     assert json.loads(empty[1])["findings"][0]["title"] == "locale nl: no published section at all"
     assert neither[0] == 2
     assert "triage: --target names one of the targets file's targets: eu, empty" in neither[2]
+
+
+# --- the alert-quality scenarios: a routine CMS day, and each runbook incident ---------------
+
+quality = pytest.fixture(scope="module", name="quality")(quality_cluster)
+# What triage must say of each incident scenario: exit code, and the runbook path it names.
+TRIAGE_OF = {
+    "P1 path A: the kill switch left on": (3, "P1", "A"),
+    "P1 path B: an RLS policy hides the homepage": (3, "P1", "B"),
+    "P1 path C: get_homepage_content() is gone": (3, "P1", "C"),
+    "P2 path A: the cron job is gone, schedules pile up": (2, "P2", "A"),
+    "P2 path B: publishes fail": (2, "P2", "B"),
+    "P2 path C: the cron run fails on permissions": (2, "P2", "C"),
+    "P3: a runaway query and a bloated table": (1, "P3", "A"),
+    "The database is unreachable": (4, "", ""),
+}
+
+
+def triage_of(cluster: Cluster, scenario: Scenario) -> tuple[int, dict[str, Any] | None]:
+    build(cluster, scenario)
+    try:
+        code, out, _ = run(exporter_dsn(cluster, QUALITY_DB), "--json", locales="en,de")
+    finally:
+        if scenario.stop_database:
+            cluster.start()
+    return code, json.loads(out) if out.startswith("{") else None
+
+
+@pytest.mark.parametrize("scenario", BENIGN, ids=lambda s: s.name)
+def test_an_ordinary_cms_day_is_no_incident(quality: Cluster, scenario: Scenario) -> None:
+    """The same routine states the alerts are held to: triage must not cry wolf either."""
+    code, data = triage_of(quality, scenario)
+    assert data is not None
+    assert code == 0, json.dumps(data["findings"], indent=1)[:3000]
+    assert data["verdict"] == "no incident"
+
+
+@pytest.mark.parametrize(
+    "scenario", [s for s in INCIDENTS if s.name in TRIAGE_OF], ids=lambda s: s.name
+)
+def test_each_runbook_incident_gets_its_verdict_and_path(
+    quality: Cluster, scenario: Scenario
+) -> None:
+    code, data = triage_of(quality, scenario)
+    expected_code, severity, path = TRIAGE_OF[scenario.name]
+    assert code == expected_code, data
+    assert data is not None
+    if severity:
+        finding(data, severity, path)
+    else:
+        assert data["unreachable"]

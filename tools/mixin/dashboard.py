@@ -665,8 +665,9 @@ def _board(
 
 
 def quick_reference(t: Thresholds) -> dict[str, Any]:
-    """The runbook's Quick Reference table for the status page at /: each check, the metric
-    that measures it, and its thresholds (the alerts' own), in the runbook's order."""
+    """exporter/quickref.json: the runbook's Quick Reference table for the status page at /
+    (each check, the metric that measures it, its thresholds, in the runbook's order), and
+    every threshold for triage: the alerts' own numbers, inside the package."""
     rows = [
         ("Homepage load time", "homepage_render_duration_seconds", {}, "seconds",
          t.render_seconds, "Check indexes, cache", "homepageslowquery"),
@@ -682,6 +683,8 @@ def quick_reference(t: Thresholds) -> dict[str, Any]:
     return {
         "generated_from": "alerts/thresholds.yaml by tools/mixin",
         "runbook_url": t.runbook_url,
+        # Every threshold, for what the package decides itself (triage) from the same numbers.
+        "thresholds": t.model_dump(exclude={"runbook_url", "exporter_job"}),
         "checks": [
             {
                 "check": check,
