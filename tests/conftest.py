@@ -14,6 +14,16 @@ from tests.harness import EXPORTER_PASSWORD, Exporter
 CMS = "cms"
 BARE = "cms_bare"
 TEMPLATE = "cms_template"
+# The reference schema's tables (exporter/sql/schema.sql), all under row level security.
+CMS_TABLES = (
+    "homepage_sections",
+    "section_versions",
+    "section_versions_archive",
+    "section_schedules",
+    "section_products",
+    "section_categories",
+    "media_assets",
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -17,7 +17,7 @@ from exporter.config import load_config
 from exporter.demo.cluster import Cluster, unprivileged_user
 from exporter.demo.database import create_cms_database
 from exporter.settings import SHIPPED_QUERIES
-from tests.conftest import BARE, CMS, SERVERS, Servers, exporter_dsn
+from tests.conftest import BARE, CMS, CMS_TABLES, SERVERS, Servers, exporter_dsn
 from tests.harness import EXPORTER_PASSWORD, wait_for
 from tests.queries_harness import run_named, shipped, values
 
@@ -314,24 +314,9 @@ def test_rls_is_reported_for_every_cms_table_and_only_those(pg: Cluster, db: str
     )
     v = values(pg, db, "table_rls")
     assert v("homepage_cms_table_rls_enabled", table="section_products") == 0
-    for table in (
-        "homepage_sections",
-        "section_versions",
-        "section_versions_archive",
-        "section_schedules",
-        "section_categories",
-        "media_assets",
-    ):
+    for table in set(CMS_TABLES) - {"section_products"}:
         assert v("homepage_cms_table_rls_enabled", table=table) == 1, table
-    assert {t for (t,) in v.labels("homepage_cms_table_rls_enabled")} == {
-        "homepage_sections",
-        "section_versions",
-        "section_versions_archive",
-        "section_schedules",
-        "section_products",
-        "section_categories",
-        "media_assets",
-    }
+    assert {t for (t,) in v.labels("homepage_cms_table_rls_enabled")} == set(CMS_TABLES)
     assert v("homepage_cms_table_policies", table="homepage_sections") == 2
 
 

@@ -18,7 +18,7 @@ import pytest
 from exporter.config import load_config
 from exporter.demo.database import role_script
 from exporter.settings import SHIPPED_QUERIES
-from tests.conftest import BINDIRS
+from tests.conftest import BINDIRS, CMS_TABLES
 from tests.harness import EXPORTER_PASSWORD, Exporter, exporter_env
 from tests.pooler import PGBOUNCER
 from tests.supabase import Supabase, psql_url, supabase
@@ -28,15 +28,6 @@ pytestmark = [
     pytest.mark.skipif(PGBOUNCER is None, reason="pgbouncer is not installed"),
 ]
 StartExporter = Callable[..., Exporter]
-CMS_TABLES = (
-    "homepage_sections",
-    "section_versions",
-    "section_versions_archive",
-    "section_schedules",
-    "section_products",
-    "section_categories",
-    "media_assets",
-)
 WRITER_CALLS = (
     "SELECT public.publish_section_version(gen_random_uuid(), gen_random_uuid())",
     "SELECT public.revert_section_to_version(gen_random_uuid(), gen_random_uuid())",
