@@ -52,6 +52,7 @@ RUNBOOK_INDEXES = {
     "idx_section_schedules_pending": "section_schedules (publish_at) WHERE status = 'pending'",
 }
 PERMISSION = re.compile(r"permission denied|row-level security", re.IGNORECASE)
+REMIGRATE = "\\i /migrations/20241217000001_homepage_cms_system.sql"  # the runbook's own fix
 CMS_TABLES = "(c.relname LIKE 'homepage%' OR c.relname LIKE 'section%' OR c.relname LIKE 'media%')"
 
 
@@ -150,6 +151,19 @@ class Context:
 
 def _literal(text: str) -> str:
     return "'" + text.replace("'", "''") + "'"
+
+
+def _missing_function(name: str, severity: Severity, path: str) -> Finding:
+    return Finding(
+        severity,
+        path,
+        f"{name}() is missing",
+        f"no function public.{name} in this database",
+        (),
+        "Re-run the CMS migration that creates it.",
+        (REMIGRATE,),
+        "homepagefunctionmissing",
+    )
 
 
 async def check_sections(ctx: Context) -> list[Finding]:
@@ -259,18 +273,7 @@ async def check_render(ctx: Context) -> list[Finding]:
         " WHERE n.nspname = 'public' AND p.proname = 'get_homepage_content'"
     )
     if not present:
-        return [
-            Finding(
-                Severity.P1,
-                "C",
-                "get_homepage_content() is missing",
-                "no function public.get_homepage_content in this database",
-                (),
-                "Re-run the CMS migration that creates it.",
-                ("\\i /migrations/20241217000001_homepage_cms_system.sql",),
-                "homepagefunctionmissing",
-            )
-        ]
+        return [_missing_function("get_homepage_content", Severity.P1, "C")]
     try:
         rendered = await ctx.rows(
             "SELECT locale, sections, render_seconds FROM homepage_exporter.render_as_anon($1)",
@@ -302,7 +305,7 @@ async def check_render(ctx: Context) -> list[Finding]:
                 present,
                 "Read the error: a broken function body or a missing grant. Re-run the"
                 " migration if the function was changed.",
-                ("\\i /migrations/20241217000001_homepage_cms_system.sql",),
+                (REMIGRATE,),
                 "homepagerenderfailing",
             )
         ]
@@ -319,7 +322,7 @@ async def check_render(ctx: Context) -> list[Finding]:
                     present,
                     "The function filters them out or its grants changed: compare it with"
                     " the migration.",
-                    ("\\i /migrations/20241217000001_homepage_cms_system.sql",),
+                    (REMIGRATE,),
                     "homepagerenderfailing",
                 )
             )
@@ -471,18 +474,7 @@ async def check_publish_function(ctx: Context) -> list[Finding]:
         " WHERE n.nspname = 'public' AND p.proname = 'process_scheduled_publishes'"
     )
     if not rows:
-        return [
-            Finding(
-                Severity.P2,
-                "B",
-                "process_scheduled_publishes() is missing",
-                "no function public.process_scheduled_publishes in this database",
-                (),
-                "Re-run the CMS migration that creates it.",
-                ("\\i /migrations/20241217000001_homepage_cms_system.sql",),
-                "homepagefunctionmissing",
-            )
-        ]
+        return [_missing_function("process_scheduled_publishes", Severity.P2, "B")]
     invoker = [r for r in rows if not r["security_definer"]]
     if not invoker:
         return []
