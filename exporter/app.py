@@ -62,6 +62,8 @@ class Daemon:
             links,
             clock=time.time,
         )
+        # Its "… ago" ages are the render's: refresh them with the process metrics (5 s).
+        self.exporter_store.on_render(self.status.render)
 
     def routes(self) -> tuple[Store, dict[str, Store]]:
         """The page at /metrics, and the pages at /probe?target=NAME."""
