@@ -228,3 +228,17 @@ def test_the_status_page_in_a_browser_healthy_then_in_an_incident(pg: Cluster, d
         assert rows.checks["homepage_render_duration_seconds"] == "ok"
     finally:
         exporter.close()
+
+
+def test_the_page_ages_are_refreshed_with_the_process_metrics(config: Config) -> None:
+    """A quiet database changes nothing for minutes; the page's "… ago" must still move: it is
+    re-rendered with the exporter's own 5-second refresh."""
+    from exporter.app import Daemon
+    from exporter.settings import load_settings
+    from exporter.targets import load_targets
+
+    settings = load_settings({})
+    daemon = Daemon(settings, config, load_targets(settings))
+    before = daemon.status.renders
+    daemon.exporter_store.render_now()  # what the 5-second refresher does
+    assert daemon.status.renders == before + 1
