@@ -15,7 +15,7 @@ import uvloop
 
 from exporter import __version__, logs
 from exporter.app import Daemon, check, once
-from exporter.config import load_config
+from exporter.config import Config, load_config
 from exporter.errors import ConfigError
 from exporter.settings import (
     DEFAULT_PORT,
@@ -40,6 +40,23 @@ def _setting_flags() -> dict[str, str]:
 _SETTING_FLAGS = _setting_flags()
 
 
+# What triage reads: where the database is, what the queries are, and how they run; not how
+# /metrics is served.
+TRIAGE_SETTINGS = tuple(
+    f
+    for f in _SETTING_FLAGS
+    if f not in ("listen_address", "web_config_file", "pool_size", "ping_interval")
+)
+
+
+def _common(settings: Sequence[str]) -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--env-file", type=Path, help="read settings from this .env file")
+    for field in settings:
+        common.add_argument("--" + field.replace("_", "-"), dest=field, help=_SETTING_FLAGS[field])
+    return common
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="homepage-cms-exporter",
@@ -47,10 +64,7 @@ def _parser() -> argparse.ArgumentParser:
         epilog=f"Every flag has an environment variable {ENV_PREFIX}<FLAG_NAME>; flags win.",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--env-file", type=Path, help="read settings from this .env file")
-    for field, help_text in _SETTING_FLAGS.items():
-        common.add_argument("--" + field.replace("_", "-"), dest=field, help=help_text)
+    common = _common(tuple(_SETTING_FLAGS))
     sub = parser.add_subparsers(dest="command", metavar="{run,once,check,triage,healthcheck,demo}")
     sub.add_parser("run", parents=[common], help="serve /metrics (the default)")
     once_parser = sub.add_parser(
@@ -63,9 +77,16 @@ def _parser() -> argparse.ArgumentParser:
     )
     triage_parser = sub.add_parser(
         "triage",
-        parents=[common],
-        help="run the runbook's incident triage once, read-only; exit 0 none, 1 P3, 2 P2,"
-        " 3 P1, 4 cannot tell",
+        parents=[_common(TRIAGE_SETTINGS)],
+        help="run the runbook's incident triage once, read-only",
+        description="Run the DBA runbook's incident triage once against the database, read-only,"
+        " as the exporter role: every shipped query once, every incident the alerts define"
+        " evaluated on their answers, and for each incident found the offending rows, the"
+        " runbook's next step and the statements a human runs (triage never runs them).",
+        epilog="exit codes: 0 no incident, 1 P3 (performance), 2 P2 (scheduled publishes),"
+        " 3 P1 (homepage not loading, or CMS data exposed), 4 cannot tell (unreachable, no CMS"
+        " schema in this database, or a check failed and nothing was found). The worst"
+        " finding decides the code even when another check could not run.",
     )
     triage_parser.add_argument("--target", help="with a targets file: which target")
     triage_parser.add_argument("--json", action="store_true", help="JSON, for chat-ops")
@@ -115,7 +136,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "once":
             return once(_pick(targets, args.target), config)
         if args.command == "triage":
-            return _triage(_pick(targets, args.target, "triage"), args.json, redact)
+            return _triage(_pick(targets, args.target, "triage"), config, args.json, redact)
         _run(Daemon(settings, config, targets, web))
         return EXIT_OK
     except ConfigError as exc:
@@ -125,11 +146,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_FAILED
 
 
-def _triage(target: Target, as_json: bool, redact: logs.Redactor) -> int:
+def _triage(target: Target, config: Config, as_json: bool, redact: logs.Redactor) -> int:
     from exporter.triage import run_triage  # only this command needs it
 
     buffer = io.StringIO()
-    code = run_triage(target, as_json=as_json, out=buffer)
+    code = run_triage(target, config, as_json=as_json, out=buffer)
     sys.stdout.write(redact(buffer.getvalue()))
     return code
 

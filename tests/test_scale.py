@@ -95,11 +95,12 @@ def test_version_history_lookups_use_the_history_index(pg: Cluster, scaled: str)
 def test_triage_runs_every_check_within_its_deadline_at_ten_times(pg: Cluster, scaled: str) -> None:
     """At 10x the capacity warnings no check of `triage` runs out of its deadline (3 s each;
     the whole run's time is reported by bench/, not asserted here)."""
+    from exporter.config import load_config
     from exporter.triage import triage
 
     settings = settings_for(pg, scaled, locales="en,de,fr")
     (target,) = load_targets(settings)
-    report = asyncio.run(triage(target))
+    report = asyncio.run(triage(target, load_config(settings.queries_file)))
     assert report.unreachable is None
     assert report.failed == {}
     assert report.exit_code in (0, 1, 2, 3)

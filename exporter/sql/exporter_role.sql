@@ -25,11 +25,12 @@
 --                                 belong to supabase_admin and take no policies from us.
 --     pg_stat_statements          a view of the extension wherever it lives (Supabase: schema
 --                                 `extensions`, which is not on the exporter's search path).
---     render_as_anon(text[]), sections_visible_to_anon(text[])
---                                 fixed-body, STABLE probes owned by `anon` (SECURITY DEFINER):
---                                 they see exactly what the public sees through row level
---                                 security, yet the exporter is not a member of `anon` and so
---                                 cannot act as it. EXECUTE for the exporter only.
+--     render_as_anon(text[]), render_as_authenticated(text[]), sections_visible_to_anon(text[])
+--                                 fixed-body, STABLE probes owned by `anon` (and by
+--                                 `authenticated`: signed-in customers), SECURITY DEFINER: they
+--                                 see exactly what those roles see through row level security,
+--                                 yet the exporter is a member of neither and so cannot act as
+--                                 them. EXECUTE for the exporter only.
 --   nothing else: no membership in anon/authenticated/service_role, no USAGE on schema cron,
 --   no EXECUTE on the CMS's writer functions, default_transaction_read_only on.
 BEGIN;
@@ -183,26 +184,46 @@ BEGIN
 END
 $statements$;
 
--- 4. What the public sees: probes that run with `anon`'s rights --------------------------------
+-- 4. What the public sees: probes that run with `anon`'s and `authenticated`'s rights --------
 -- Render time covers every column of every row (each row is turned into text), so an
--- inlinable get_homepage_content() cannot be reduced to a count by the planner.
-CREATE OR REPLACE FUNCTION homepage_exporter.render_as_anon(p_locales text[])
-RETURNS TABLE (locale text, render_seconds double precision, sections bigint, bytes bigint)
-LANGUAGE plpgsql STABLE SECURITY DEFINER
-SET search_path = public, extensions, pg_temp
-AS $fn$
+-- inlinable get_homepage_content() cannot be reduced to a count by the planner. A row whose
+-- `content` column is NULL is a section the public receives without its content (a policy or
+-- grant on the versions hides it); a function without such a column counts none.
+-- One body, created once per role: each copy is owned by its role, so row level security and
+-- grants apply exactly as for the REST API, while the exporter is a member of neither role.
+DO $render$
 DECLARE
-  started timestamptz;
+  audience text;
 BEGIN
-  FOR locale IN SELECT DISTINCT l FROM unnest(p_locales) AS l ORDER BY 1 LOOP
-    started := clock_timestamp();
-    SELECT count(*), coalesce(sum(octet_length(c::text)), 0) INTO sections, bytes
-    FROM public.get_homepage_content(locale) AS c;
-    render_seconds := extract(epoch FROM clock_timestamp() - started);
-    RETURN NEXT;
+  FOREACH audience IN ARRAY ARRAY['anon', 'authenticated'] LOOP
+    -- Earlier versions returned fewer columns, which CREATE OR REPLACE cannot change.
+    EXECUTE format('DROP FUNCTION IF EXISTS homepage_exporter.%I(text[])', 'render_as_' || audience);
+    EXECUTE format($fn$
+      CREATE OR REPLACE FUNCTION homepage_exporter.%I(p_locales text[])
+      RETURNS TABLE (locale text, render_seconds double precision, sections bigint,
+                     sections_without_content bigint, bytes bigint)
+      LANGUAGE plpgsql STABLE SECURITY DEFINER
+      SET search_path = public, extensions, pg_temp
+      AS $body$
+      DECLARE
+        started timestamptz;
+      BEGIN
+        FOR locale IN SELECT DISTINCT l FROM unnest(p_locales) AS l ORDER BY 1 LOOP
+          started := clock_timestamp();
+          SELECT count(*),
+                 count(*) FILTER (WHERE to_jsonb(c) ? 'content'
+                                  AND jsonb_typeof(to_jsonb(c) -> 'content') = 'null'),
+                 coalesce(sum(octet_length(c::text)), 0)
+            INTO sections, sections_without_content, bytes
+          FROM public.get_homepage_content(locale) AS c;
+          render_seconds := extract(epoch FROM clock_timestamp() - started);
+          RETURN NEXT;
+        END LOOP;
+      END
+      $body$$fn$, 'render_as_' || audience);
   END LOOP;
 END
-$fn$;
+$render$;
 
 CREATE OR REPLACE FUNCTION homepage_exporter.sections_visible_to_anon(p_locales text[])
 RETURNS TABLE (locale text, visible bigint)
@@ -218,18 +239,21 @@ $fn$;
 DO $probes$
 DECLARE
   fn regprocedure;
+  owner text;
 BEGIN
-  FOREACH fn IN ARRAY ARRAY['homepage_exporter.render_as_anon(text[])'::regprocedure,
-                            'homepage_exporter.sections_visible_to_anon(text[])'::regprocedure]
+  FOR fn, owner IN VALUES
+    ('homepage_exporter.render_as_anon(text[])'::regprocedure, 'anon'),
+    ('homepage_exporter.render_as_authenticated(text[])'::regprocedure, 'authenticated'),
+    ('homepage_exporter.sections_visible_to_anon(text[])'::regprocedure, 'anon')
   LOOP
     EXECUTE format('REVOKE ALL ON FUNCTION %s FROM PUBLIC', fn);
-    IF EXISTS (SELECT FROM pg_roles WHERE rolname = 'anon') THEN
+    IF EXISTS (SELECT FROM pg_roles WHERE rolname = owner) THEN
       -- A new owner needs CREATE on the schema; granted for this statement only.
-      GRANT CREATE ON SCHEMA homepage_exporter TO anon;
-      EXECUTE format('ALTER FUNCTION %s OWNER TO anon', fn);
-      REVOKE CREATE ON SCHEMA homepage_exporter FROM anon;
+      EXECUTE format('GRANT CREATE ON SCHEMA homepage_exporter TO %I', owner);
+      EXECUTE format('ALTER FUNCTION %s OWNER TO %I', fn, owner);
+      EXECUTE format('REVOKE CREATE ON SCHEMA homepage_exporter FROM %I', owner);
     ELSE
-      RAISE WARNING 'no role anon: % runs with %''s rights, not the public''s', fn, current_user;
+      RAISE WARNING 'no role %: % runs with %''s rights, not the public''s', owner, fn, current_user;
     END IF;
     EXECUTE format('GRANT EXECUTE ON FUNCTION %s TO homepage_exporter', fn);
   END LOOP;

@@ -6,6 +6,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from exporter.incidents import Incident, incidents
 from tools.mixin.thresholds import Thresholds
 
 WARNING, CRITICAL = "warning", "critical"
@@ -25,8 +26,9 @@ RECORDING_RULES: tuple[tuple[str, str, str], ...] = (
     (
         "publishing",
         PUBLISH_SUCCESS_7D,
+        # Over the schedules that were tried: a cancelled (or still pending) one is no failure.
         'homepage_section_schedules_processed_7d{status="completed"} / ignoring (status)'
-        " (sum without (status) (homepage_section_schedules_processed_7d))",
+        ' (sum without (status) (homepage_section_schedules_processed_7d{status=~"completed|failed"}))',
     ),
     (
         "capacity",
@@ -37,7 +39,9 @@ RECORDING_RULES: tuple[tuple[str, str, str], ...] = (
     (
         "capacity",
         CONNECTIONS_RATIO,
-        "homepage_postgres_connections / homepage_postgres_max_connections",
+        # Every database's client connections over the slots a non-superuser may take.
+        "homepage_postgres_server_connections\n/ (homepage_postgres_max_connections"
+        " - homepage_postgres_reserved_connections)",
     ),
     (
         "database",
@@ -85,24 +89,6 @@ def _g(value: float) -> str:
     return str(int(value)) if float(value).is_integer() else repr(float(value))
 
 
-def _named(info: str, text: str) -> str:
-    """A description fragment from the info series `info` of the same target, if present."""
-    return (
-        "{{ with printf `" + info + '{instance="%s",job="%s"}` $labels.instance $labels.job'
-        " | query }}{{ with . | first }}" + text + "{{ end }}{{ end }}"
-    )
-
-
-OLDEST_DUE = _named(
-    "homepage_scheduled_publish_oldest_due_info",
-    " Oldest: schedule {{ .Labels.oldest_id }} ({{ .Labels.oldest_section }},"
-    " {{ .Labels.oldest_locale }}).",
-)
-NEWEST_FAILURE = _named(
-    "homepage_publish_failure_newest_info",
-    " Newest: schedule {{ .Labels.newest_id }} ({{ .Labels.newest_section }},"
-    " {{ .Labels.newest_locale }}): {{ .Labels.newest_error }}.",
-)
 # Checks whose alerts page: when one is blind its alerts resolve without anything being fixed.
 PAGING_CHECKS = (
     "homepage_render|anon_visibility|sections|scheduled_publishes|publish_failures|cron_jobs"
@@ -137,160 +123,26 @@ def _tiered(
         )
 
 
+def incident_alert(incident: Incident, t: Thresholds) -> Alert:
+    """An incident of the runbook's triage as its alerting rule (the condition is rendered from
+    the definition triage and the status page evaluate)."""
+    return Alert(
+        incident.alert,
+        incident.severity.value,
+        incident.expr(t.model_dump()),
+        incident.for_,
+        incident.summary,
+        incident.description,
+        incident.group,
+    )
+
+
 def alerts(t: Thresholds) -> list[Alert]:
     """Every alert, in the order of the runbook."""
     job = t.exporter_job
     out: list[Alert] = [
-        # --- the homepage itself (P1) -----------------------------------------------------
-        Alert(
-            "HomepageNoLiveSections",
-            CRITICAL,
-            "homepage_sections_live == 0\n"
-            "and on (instance, job, locale) homepage_locale_expected_live == 1",
-            "2m",
-            "The homepage has no live sections.",
-            "Locale {{ $labels.locale }} on {{ $labels.instance }} has no active, published"
-            " section: the public homepage is blank. Check homepage_sections for is_active ="
-            " false (the kill switch) or deleted rows, then re-enable (runbook P1 path A).",
-            "homepage",
-        ),
-        Alert(
-            "HomepageInvisibleToPublic",
-            CRITICAL,
-            "homepage_sections_visible_to_anon == 0\n"
-            "and on (instance, job, locale) homepage_sections_live > 0",
-            "2m",
-            "Row level security hides the homepage from the public.",
-            "Locale {{ $labels.locale }} on {{ $labels.instance }} has live sections but the anon"
-            " role can read none of them. Check the SELECT policies on homepage_sections first"
-            " (runbook P1 path B).",
-            "homepage",
-        ),
-        Alert(
-            "HomepageRenderFailing",
-            CRITICAL,
-            'homepage_exporter_query_up{query="homepage_render"} == 0',
-            "5m",
-            "get_homepage_content() fails.",
-            "Calling get_homepage_content() as anon fails on {{ $labels.instance }}. Run it by"
-            " hand to see the error; a missing function or a revoked EXECUTE is the usual cause"
-            " (runbook P1 path C).",
-            "homepage",
-        ),
-        *_tiered(
-            "HomepageSlowQuery",
-            "homepage",
-            "homepage_render_duration_seconds",
-            (t.render_seconds.warning, t.render_seconds.critical),
-            ("5m", "5m"),
-            "Homepage rendering is slow.",
-            "get_homepage_content('{{ $labels.locale }}') takes {{ $value | humanizeDuration }}"
-            " on {{ $labels.instance }}. Check that idx_homepage_sections_render is used and"
-            " statistics are fresh (ANALYZE homepage_sections).",
-        ),
-        Alert(
-            "HomepageTableRLSDisabled",
-            CRITICAL,
-            "homepage_cms_table_rls_enabled == 0",
-            "1m",
-            "Row level security is off on a CMS table.",
-            "Table {{ $labels.table }} on {{ $labels.instance }} has row level security"
-            " disabled: every row is readable through the public API. Run ALTER TABLE"
-            " {{ $labels.table }} ENABLE ROW LEVEL SECURITY after checking its policies.",
-            "homepage",
-        ),
-        Alert(
-            "HomepageFunctionMissing",
-            CRITICAL,
-            "homepage_cms_function_present == 0",
-            "5m",
-            "A CMS function is missing.",
-            "Function {{ $labels.function }}() does not exist in schema public on"
-            " {{ $labels.instance }}. Re-apply the CMS migration (runbook P1 path C).",
-            "homepage",
-        ),
-        # --- publishing ---------------------------------------------------------------------
-        *_tiered(
-            "ScheduledPublishLag",
-            "publishing",
-            "homepage_scheduled_publish_lag_minutes",
-            (t.publish_lag_minutes.warning, t.publish_lag_minutes.critical),
-            ("5m", "10m"),
-            "Scheduled publishes are delayed.",
-            "The oldest due schedule on {{ $labels.instance }} is {{ $value | humanize }}"
-            " minutes behind." + OLDEST_DUE + " Check the process-scheduled-publishes cron job,"
-            " then run SELECT * FROM process_scheduled_publishes() by hand (runbook P2).",
-        ),
-        *_tiered(
-            "HighPublishFailureRate",
-            "publishing",
-            "homepage_publish_failures_last_hour",
-            (t.publish_failures_per_hour.warning, t.publish_failures_per_hour.critical),
-            ("10m", "10m"),
-            "Scheduled publishes are failing.",
-            "{{ $value }} scheduled publishes failed in the last hour on {{ $labels.instance }}."
-            + NEWEST_FAILURE
-            + " Read error_message of the failed rows in section_schedules; RLS and a version of"
-            " the wrong section are the usual causes.",
-        ),
-        Alert(
-            "HomepageCronJobInactive",
-            WARNING,
-            f'homepage_cron_job_active{{jobname="{t.cms_cron_job}"}} == 0',
-            "5m",
-            "The CMS's pg_cron job is inactive or missing.",
-            "pg_cron job {{ $labels.jobname }} on {{ $labels.instance }} is inactive or gone,"
-            " so scheduled publishes will not run. Re-create it with cron.schedule (runbook P2"
-            " path A).",
-            "publishing",
-        ),
-        Alert(
-            "HomepageCronJobFailed",
-            WARNING,
-            f'homepage_cron_job_last_run_failure_info{{jobname="{t.cms_cron_job}"}} == 1',
-            "0m",
-            "The last pg_cron run failed.",
-            "The newest finished run of {{ $labels.jobname }} on {{ $labels.instance }} failed:"
-            " {{ $labels.message }}. The whole message is return_message in"
-            " cron.job_run_details.",
-            "publishing",
-        ),
-        Alert(
-            "HomepageCronJobSlow",
-            WARNING,
-            f'homepage_cron_job_last_run_duration_seconds{{jobname="{t.cms_cron_job}"}}'
-            f" > {_g(t.cron_run_seconds)}",
-            "0m",
-            "A pg_cron run took too long.",
-            "The newest run of {{ $labels.jobname }} on {{ $labels.instance }} took"
-            " {{ $value | humanizeDuration }}. Look for locks on section_schedules and for a"
-            " backlog of due schedules.",
-            "publishing",
-        ),
-        Alert(
-            "HomepageCronJobNotRunning",
-            WARNING,
-            "time() - homepage_cron_job_last_run_start_timestamp_seconds"
-            f'{{jobname="{t.cms_cron_job}"}} > {_g(t.cron_gap_seconds)}'
-            "\nand on (instance, job, jobname) homepage_cron_job_active == 1",
-            "5m",
-            "An active pg_cron job has stopped running.",
-            "Active job {{ $labels.jobname }} on {{ $labels.instance }} last started"
-            " {{ $value | humanizeDuration }} ago. Check that the pg_cron scheduler is running"
-            " (cron.database_name, the server log).",
-            "publishing",
-        ),
-        Alert(
-            "HomepagePublishFunctionNotSecurityDefiner",
-            WARNING,
-            'homepage_cms_function_security_definer{function="process_scheduled_publishes"} == 0',
-            "5m",
-            "process_scheduled_publishes() is not SECURITY DEFINER.",
-            "process_scheduled_publishes() on {{ $labels.instance }} runs with the caller's"
-            " rights, so row level security can block publishes. ALTER FUNCTION"
-            " process_scheduled_publishes() SECURITY DEFINER (runbook P2 path C).",
-            "publishing",
-        ),
+        # --- the runbook's incidents (P1, P2, P3): defined once, in exporter/incidents.py ---
+        *(incident_alert(i, t) for i in incidents(t.cms_cron_job)),
         # --- capacity -----------------------------------------------------------------------
         *_tiered(
             "MediaStorageHigh",
@@ -374,30 +226,19 @@ def alerts(t: Thresholds) -> list[Alert]:
             " hand and read its log.",
             "capacity",
         ),
-        Alert(
+        *_tiered(
             "PostgresConnectionsHigh",
-            WARNING,
-            f"{CONNECTIONS_RATIO} > {_g(t.connections_ratio)}",
-            "10m",
-            "PostgreSQL is close to max_connections.",
-            "{{ $labels.instance }} uses {{ $value | humanizePercentage }} of max_connections."
-            " Check the pooler and idle sessions before the pool is exhausted.",
             "capacity",
+            CONNECTIONS_RATIO,
+            (t.connections_ratio, t.connections_ratio_critical),
+            ("10m", "5m"),
+            "PostgreSQL is close to max_connections.",
+            "{{ $labels.instance }} uses {{ $value | humanizePercentage }} of the connections"
+            " max_connections leaves to non-superusers, all databases together. Check the"
+            " pooler's pool size and idle sessions (pg_stat_activity by application_name) before"
+            " new connections are refused.",
         ),
         # --- database health ------------------------------------------------------------------
-        Alert(
-            "HomepageTableBloated",
-            WARNING,
-            f"homepage_cms_table_dead_tuple_ratio > {_g(t.dead_tuple_ratio)}\n"
-            "and on (instance, job, table)"
-            f" homepage_cms_table_dead_rows > {_g(t.bloat_min_dead_rows)}",
-            "30m",
-            "A CMS table is bloated.",
-            "{{ $value | humanizePercentage }} of the rows in {{ $labels.table }} on"
-            " {{ $labels.instance }} are dead. Check autovacuum; VACUUM ANALYZE"
-            " {{ $labels.table }} (runbook P3 path A).",
-            "database",
-        ),
         Alert(
             "PostgresCacheHitRatioLow",
             WARNING,
@@ -410,59 +251,6 @@ def alerts(t: Thresholds) -> list[Alert]:
             "database",
         ),
         Alert(
-            "HomepageTableStatisticsStale",
-            WARNING,
-            "time() - homepage_cms_table_last_analyzed_timestamp_seconds"
-            f" > {_g(t.statistics_age_seconds)}\n"
-            "and on (instance, job, table) homepage_cms_table_live_rows > 0",
-            "1h",
-            "Planner statistics of a CMS table are old.",
-            "{{ $labels.table }} on {{ $labels.instance }} was last analyzed"
-            " {{ $value | humanizeDuration }} ago. Run ANALYZE {{ $labels.table }} and check the"
-            " daily statistics job.",
-            "database",
-        ),
-        Alert(
-            "HomepageIndexMissing",
-            WARNING,
-            "homepage_cms_index_present == 0",
-            "15m",
-            "An index the runbook expects is missing.",
-            "Index {{ $labels.index }} on {{ $labels.table }} is missing on"
-            " {{ $labels.instance }}. Re-create it with CREATE INDEX CONCURRENTLY.",
-            "database",
-        ),
-        Alert(
-            "HomepageIndexInvalid",
-            WARNING,
-            "homepage_cms_index_valid == 0",
-            "15m",
-            "A CMS index is invalid.",
-            "Index {{ $labels.index }} on {{ $labels.table }} ({{ $labels.instance }}) is invalid,"
-            " usually left by a failed CREATE INDEX CONCURRENTLY. Drop it and create it again.",
-            "database",
-        ),
-        Alert(
-            "HomepageLongRunningQuery",
-            WARNING,
-            "homepage_postgres_long_running_cms_queries >= 1",
-            "0m",
-            "A CMS query has run for over 5 minutes.",
-            "{{ $value }} queries on CMS tables have run for more than 5 minutes on"
-            " {{ $labels.instance }}. Find them in pg_stat_activity before terminating anything.",
-            "database",
-        ),
-        Alert(
-            "PostgresBlockedQueries",
-            WARNING,
-            "homepage_postgres_blocked_queries >= 1",
-            "5m",
-            "Sessions are waiting on locks.",
-            "{{ $value }} sessions on {{ $labels.instance }} have waited on locks for 5 minutes."
-            " Find the holders with pg_blocking_pids().",
-            "database",
-        ),
-        Alert(
             "PostgresExtensionMissing",
             WARNING,
             'homepage_postgres_extension_installed{extension=~"pg_cron|pg_stat_statements"} == 0',
@@ -470,6 +258,71 @@ def alerts(t: Thresholds) -> list[Alert]:
             "An extension the runbook relies on is missing.",
             "Extension {{ $labels.extension }} is not installed on {{ $labels.instance }}; its"
             " checks are skipped. CREATE EXTENSION {{ $labels.extension }}.",
+            "database",
+        ),
+        Alert(
+            "PostgresTransactionIDAgeHigh",
+            WARNING,
+            "homepage_postgres_xid_age\n"
+            "/ on (instance, job) homepage_postgres_autovacuum_freeze_max_age"
+            f" > {_g(t.xid_age_freeze_ratio)}",
+            "1h",
+            "Autovacuum is not keeping transaction IDs frozen.",
+            "The oldest unfrozen transaction ID on {{ $labels.instance }} is"
+            " {{ $value | humanize }} times autovacuum_freeze_max_age: autovacuum's freezing"
+            " vacuum cannot keep up. Look for long open transactions, inactive replication slots"
+            " and prepared transactions, then VACUUM (FREEZE) the oldest tables.",
+            "database",
+        ),
+        Alert(
+            "PostgresTransactionIDWraparoundNear",
+            CRITICAL,
+            f"homepage_postgres_xid_age > {_g(t.xid_age_critical)}",
+            "5m",
+            "Transaction ID wraparound is approaching.",
+            "The oldest unfrozen transaction ID on {{ $labels.instance }} is"
+            " {{ $value | humanize }} transactions old; at about 2.1 billion PostgreSQL refuses"
+            " every write. End long open transactions and inactive replication slots, then"
+            " VACUUM (FREEZE) the oldest tables now (runbook section on this alert).",
+            "database",
+        ),
+        Alert(
+            "PostgresReplicationSlotInactive",
+            WARNING,
+            "homepage_postgres_replication_slot_retained_wal_bytes"
+            f" > {_g(t.replication_slot_inactive_bytes)}\n"
+            "and on (instance, job, slot) homepage_postgres_replication_slot_active == 0",
+            "30m",
+            "An inactive replication slot holds back WAL.",
+            "Slot {{ $labels.slot }} ({{ $labels.slot_type }}) on {{ $labels.instance }} has no"
+            " client and retains {{ $value | humanize1024 }}B of WAL, growing until the disk is"
+            " full. If its subscriber or standby is gone, SELECT"
+            " pg_drop_replication_slot('{{ $labels.slot }}').",
+            "database",
+        ),
+        Alert(
+            "PostgresReplicationSlotRetainingWAL",
+            CRITICAL,
+            "homepage_postgres_replication_slot_retained_wal_bytes"
+            f" > {_g(t.replication_slot_retained_bytes)}",
+            "5m",
+            "A replication slot retains WAL that fills the disk.",
+            "Slot {{ $labels.slot }} ({{ $labels.slot_type }}) on {{ $labels.instance }} retains"
+            " {{ $value | humanize1024 }}B of WAL. Drop it if its client is gone; otherwise find"
+            " why its client lags; max_slot_wal_keep_size caps what a slot may keep.",
+            "database",
+        ),
+        Alert(
+            "PostgresIdleInTransaction",
+            WARNING,
+            "homepage_postgres_idle_in_transaction_seconds"
+            f" > {_g(t.idle_in_transaction_seconds)}",
+            "5m",
+            "A session has been idle in a transaction for long.",
+            "A session on {{ $labels.instance }} has sat idle inside an open transaction for"
+            " {{ $value | humanizeDuration }}: it holds its locks and stops vacuum. Find it in"
+            " pg_stat_activity (state 'idle in transaction') and end it; consider"
+            " idle_in_transaction_session_timeout.",
             "database",
         ),
         # --- the exporter itself ----------------------------------------------------------------
@@ -481,6 +334,18 @@ def alerts(t: Thresholds) -> list[Alert]:
             "The Homepage CMS exporter is down.",
             "Prometheus cannot scrape {{ $labels.instance }}: nothing watches the homepage"
             " database. Check the exporter's process and logs.",
+            "exporter",
+        ),
+        Alert(
+            "HomepageExporterTargetMissing",
+            CRITICAL,
+            f'absent(up{{job="{job}"}})',
+            "5m",
+            "Prometheus has no Homepage CMS exporter to scrape.",
+            f"No target of job {job} is in Prometheus's service discovery"
+            " ({{ $labels.instance }}): nothing watches the homepage database, and no other"
+            " alert of it can fire. Check the scrape config and the file or service discovery"
+            " that lists the exporter.",
             "exporter",
         ),
         Alert(
@@ -603,14 +468,40 @@ def alerts(t: Thresholds) -> list[Alert]:
         Alert(
             "PostgresWALArchiveBehindRPO",
             CRITICAL,
-            "homepage_postgres_wal_segments_pending_archive > 0\n"
-            "and on (instance, job) time()"
-            f" - homepage_postgres_wal_last_archived_timestamp_seconds > {_g(t.rpo_seconds)}",
+            # Where WAL was written one RPO ago, past where the archive ends now: that WAL is
+            # older than the RPO and not archived, whether a segment filled or not.
+            f"homepage_postgres_wal_position_bytes offset {_g(t.rpo_seconds)}s\n"
+            "- on (instance, job) homepage_postgres_wal_archived_position_bytes > 0",
             "1m",
             "WAL archiving is behind the RPO.",
-            "{{ $value }} completed WAL segments on {{ $labels.instance }} are not archived and"
-            " nothing was archived for 5 minutes: a restore now would lose more than the RPO"
-            " allows.",
+            "{{ $value | humanize1024 }}B of WAL written on {{ $labels.instance }} more than"
+            " 5 minutes ago is not archived: a restore now would lose more than the RPO allows."
+            " Check archive_command in the server log, and archive_timeout on a quiet database.",
+            "backups",
+        ),
+        Alert(
+            "PostgresArchiveTimeoutAboveRPO",
+            WARNING,
+            "(homepage_postgres_archive_timeout_seconds == 0"
+            f" or homepage_postgres_archive_timeout_seconds > {_g(t.rpo_seconds)})\n"
+            "and on (instance, job) homepage_postgres_wal_archiving_enabled == 1",
+            "1h",
+            "archive_timeout lets WAL wait longer than the RPO.",
+            "archive_timeout on {{ $labels.instance }} is {{ $value }} s (0 is off): on a quiet"
+            " database a written WAL segment waits that long (or until it fills) to be archived,"
+            " longer than the 5-minute RPO. Set archive_timeout to 60s or so.",
+            "backups",
+        ),
+        Alert(
+            "HomepageBackupMetricsMissing",
+            WARNING,
+            "absent(homepage_backup_last_run_timestamp_seconds)",
+            f"{int(t.backup_age_seconds // 60)}m",
+            "No CMS backup has ever reported.",
+            "Prometheus has no homepage_backup_last_run_timestamp_seconds from any instance"
+            " ({{ $labels.instance }}): scripts/backup-homepage-cms.sh never ran, or"
+            " node_exporter does not read its TEXTFILE_DIR, so HomepageBackupTooOld cannot fire."
+            " Run the script by hand and check node_exporter's --collector.textfile.directory.",
             "backups",
         ),
         Alert(

@@ -1,0 +1,188 @@
+"""`homepage-cms-exporter triage`: the runbook's incident procedures as one read-only command.
+
+Triage runs the shipped queries once (the same `run_query` the daemon uses), evaluates every
+incident of exporter/incidents.py on their samples (the conditions the alerting rules are
+rendered from), and for each incident that holds reads the offending rows and prints the
+statements a human runs (exporter/triage/drilldown.py). It never runs them: every statement is
+read-only here, as the exporter role.
+
+Exit codes: 0 no incident, 1 P3, 2 P2, 3 P1 (the worst finding decides, even when another check
+could not run), 4 cannot tell (unreachable, no CMS schema here, or a check failed and nothing
+was found).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any, TextIO
+from urllib.parse import urlsplit
+
+from exporter.config import Config, Query
+from exporter.db import Database
+from exporter.errors import QueryError
+from exporter.incidents import (
+    RENDER,
+    Incident,
+    evaluate,
+    load_thresholds,
+    samples_of,
+    shipped,
+)
+from exporter.mapping import Family
+from exporter.scheduler import ping, reachable, run_query
+from exporter.snapshot import Outcome
+from exporter.targets import Target
+from exporter.triage.drilldown import Context, drilldown
+from exporter.triage.report import EXIT_CANNOT_TELL, Finding, Report, write_json, write_text
+
+__all__ = ["EXIT_CANNOT_TELL", "Report", "run_triage", "triage", "where"]
+
+CONNECT_TIMEOUT_SECONDS = 5.0
+DRILLDOWN_TIMEOUT_SECONDS = 5.0
+# On-call waits for triage: no query may take longer than this (a render blocked for longer is
+# "not loading"; the runbook calls one over a second slow, which is still measured).
+QUERY_DEADLINE_SECONDS = 5.0
+# Enough connections that the per-locale renders and the drill-downs run side by side.
+POOL_SIZE = 4
+# The CMS's own objects: with none of them here, this is not the CMS's database.
+CMS_PRESENT = (
+    "SELECT to_regclass('public.homepage_sections') IS NOT NULL"
+    " OR to_regprocedure('public.get_homepage_content(text)') IS NOT NULL AS present"
+)
+
+
+def where(target: Target) -> str:
+    """The database triage looked at, without a secret: a target's name, or user@host:port/db."""
+    if target.probed:
+        return target.name
+    parts = urlsplit(target.settings.database_url.get_secret_value())
+    host = parts.hostname or "localhost"
+    port = f":{parts.port}" if parts.port else ""
+    user = f"{parts.username}@" if parts.username else ""
+    return f"{user}{host}{port}{parts.path or '/'}"
+
+
+async def _run_render(
+    db: Database, query: Query, params: Mapping[str, object], max_series: int
+) -> tuple[list[Outcome], dict[str, str]]:
+    """The render probe once per locale, each within the query's own deadline: a slow locale
+    is measured as slow (P3), and only a locale that cannot render at all counts as failing."""
+    locales = list(params.get("locales", ()))  # type: ignore[call-overload]
+    runs = await asyncio.gather(
+        *(run_query(db, query, {**params, "locales": [loc]}, max_series) for loc in locales)
+    )
+    failed = {
+        f"{RENDER}[{loc}]": f"{o.error.reason}: {o.error.message}"
+        for loc, o in zip(locales, runs, strict=True)
+        if o.error is not None
+    }
+    return list(runs), failed
+
+
+def _merge(query: Query, runs: Sequence[Outcome]) -> Outcome:
+    """One outcome of the render probe from its per-locale runs: failing only if all failed."""
+    ok = [o for o in runs if o.error is None]
+    if not ok:
+        return runs[0]
+    by_metric: dict[str, Family] = {}
+    for outcome in ok:
+        for family in outcome.families:
+            seen = by_metric.get(family.metric.name)
+            by_metric[family.metric.name] = (
+                family
+                if seen is None
+                else dataclasses.replace(seen, samples=seen.samples + family.samples)
+            )
+    return Outcome(query, max(o.duration for o in runs), families=tuple(by_metric.values()))
+
+
+async def _run_queries(
+    db: Database, config: Config, target: Target
+) -> tuple[list[Outcome], dict[str, str]]:
+    params, cap = target.params, target.settings.max_series_per_query
+    failed: dict[str, str] = {}
+    queries = [
+        dataclasses.replace(q, timeout=min(q.timeout, QUERY_DEADLINE_SECONDS))
+        for q in config.enabled
+    ]
+    render = [q for q in queries if q.name == RENDER]
+    rest = [q for q in queries if q.name != RENDER]
+    rendered, others = await asyncio.gather(
+        asyncio.gather(*(_run_render(db, q, params, cap) for q in render)),
+        asyncio.gather(*(run_query(db, q, params, cap) for q in rest)),
+    )
+    outcomes = list(others)
+    for query, (runs, render_failed) in zip(render, rendered, strict=True):
+        outcomes.append(_merge(query, runs) if runs else Outcome(query, 0.0))
+        if len(render_failed) < len(runs):
+            failed.update(render_failed)
+    return outcomes, failed
+
+
+async def triage(
+    target: Target,
+    config: Config,
+    *,
+    thresholds: Mapping[str, Any] | None = None,
+    incidents: Sequence[Incident] | None = None,
+) -> Report:
+    """Every incident evaluated once against `target`; never raises for database trouble."""
+    started = time.monotonic()
+    t = load_thresholds() if thresholds is None else thresholds
+    chosen = shipped(t) if incidents is None else incidents
+    report = Report(where(target))
+    s = target.settings
+    pool = max(s.pool_size, POOL_SIZE)
+    wide = dataclasses.replace(target, settings=s.model_copy(update={"pool_size": pool}))
+    async with wide.open_database() as db:
+        error = await ping(db, min(s.connect_timeout, CONNECT_TIMEOUT_SECONDS))
+        if not reachable(error) and error is not None:
+            report.unreachable = error.message
+            report.seconds = time.monotonic() - started
+            return report
+        present = await db.fetch(CMS_PRESENT, (), DRILLDOWN_TIMEOUT_SECONDS)
+        if not present.rows or not present.rows[0][0]:
+            report.no_cms = report.target
+            report.seconds = time.monotonic() - started
+            return report
+        outcomes, report.failed = await _run_queries(db, config, target)
+        errors: dict[str, str] = {}
+        for o in outcomes:
+            if o.error is not None:
+                errors[o.query.name] = f"{o.error.reason}: {o.error.message}"
+            elif o.skipped is not None:
+                report.skipped[o.query.name] = str(o.skipped)
+        report.failed.update(errors)
+        up = {o.query.name: o.error is None for o in outcomes if o.skipped is None}
+        samples = samples_of((f for o in outcomes for f in o.families), up)
+        firings = evaluate(samples, t, time.time(), chosen)
+        ctx = Context(db, s.locales, t, errors, DRILLDOWN_TIMEOUT_SECONDS)
+
+        async def explain(firing: Any) -> Finding:
+            try:
+                return await drilldown(firing.incident.alert)(ctx, firing)
+            except QueryError as exc:
+                report.failed[f"drill-down {firing.incident.alert}"] = (
+                    f"{exc.reason}: {exc.message}"
+                )
+                return Finding(
+                    firing.incident,
+                    firing.incident.summary,
+                    "the offending rows could not be read",
+                    [{**labels, "value": value} for labels, value in firing.series],
+                )
+
+        report.findings = list(await asyncio.gather(*(explain(f) for f in firings)))
+    report.findings.sort(key=lambda f: (-f.priority, f.resolution_path or "Z", f.incident.alert))
+    report.checks = len(outcomes)
+    report.seconds = time.monotonic() - started
+    return report
+
+
+def run_triage(target: Target, config: Config, *, as_json: bool, out: TextIO) -> int:
+    report = asyncio.run(triage(target, config))
+    (write_json if as_json else write_text)(report, out)
+    return report.exit_code

@@ -1,0 +1,633 @@
+"""Drill-downs: for an incident that holds, the offending rows and the statements that fix it.
+
+The incident itself (whether it holds) is decided in exporter/incidents.py on the shipped
+queries' samples; nothing here decides it again. A drill-down only reads the rows behind it
+and prints, filled in, the statement a human runs: each statement is checked in the suite on a
+real database to fix the incident without making the homepage older, wider or less protected.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import Any
+
+from exporter.db import Database
+from exporter.incidents import Firing, cron_job_name
+from exporter.triage.report import Finding, human_age
+
+MAX_ROWS = 20
+QUERY_PREFIX_CHARS = 40  # of other sessions' SQL: enough to recognise, not to leak literals
+PERMISSION = re.compile(r"permission denied|row-level security", re.IGNORECASE)
+REMIGRATE = "\\i /migrations/20241217000001_homepage_cms_system.sql"  # the runbook's own fix
+PUBLIC_ROLES = "anon, authenticated"
+# The runbook's P1 path B policy, word for word.
+SECTIONS_POLICY = "Published sections viewable by everyone"
+
+
+class Context:
+    """What every drill-down gets: the database, the locales, thresholds and failed runs."""
+
+    def __init__(
+        self,
+        db: Database,
+        locales: Sequence[str],
+        thresholds: Mapping[str, Any],
+        errors: Mapping[str, str],
+        timeout: float,
+    ) -> None:
+        self.db = db
+        self.locales = list(locales)
+        self.thresholds = thresholds
+        self.errors = errors  # query -> the error of its failed run
+        self.timeout = timeout
+
+    async def rows(self, sql: str, *args: object) -> list[dict[str, Any]]:
+        result = await self.db.fetch(sql, args, self.timeout)
+        return [dict(zip(result.columns, row, strict=True)) for row in result.rows]
+
+
+def literal(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
+def _ids(rows: Sequence[Mapping[str, object]]) -> str:
+    return ", ".join(literal(str(r["id"])) for r in rows)
+
+
+def _labels(firing: Firing, key: str) -> list[str]:
+    return sorted({str(labels.get(key, "")) for labels, _ in firing.series})
+
+
+DrillDown = Callable[[Context, Firing], Awaitable[Finding]]
+
+
+async def no_live_sections(ctx: Context, firing: Firing) -> Finding:
+    locales = _labels(firing, "locale")
+    disabled = await ctx.rows(
+        "SELECT id::text AS id, locale, section_key, updated_at FROM homepage_sections"
+        " WHERE locale = ANY ($1::text[]) AND status = 'published' AND NOT is_active"
+        f" ORDER BY locale, updated_at DESC, id LIMIT {MAX_ROWS}",
+        locales,
+    )
+    where = ", ".join(locales)
+    if not disabled:
+        return Finding(
+            firing.incident,
+            f"no published section at all for {where}",
+            f"0 live sections for {where}, and none published but switched off",
+            (),
+            "Sections were deleted or never published: restore them from the version history"
+            " or a backup, or serve the static fallback (path D).",
+        )
+    # Only the sections listed (by id): a section switched off on purpose in another locale,
+    # or published after this triage, is not switched on by the statement.
+    return Finding(
+        firing.incident,
+        f"every published section of {where} is switched off",
+        f"0 live sections for {where}; {len(disabled)} published but inactive (newest change"
+        " first)",
+        disabled,
+        "Re-enable the published sections listed (an accidental update?), clear the cache,"
+        " verify the homepage loads.",
+        [
+            "UPDATE homepage_sections SET is_active = true"
+            f" WHERE id IN ({_ids(disabled)}) AND status = 'published';"
+        ],
+    )
+
+
+async def _read_access(ctx: Context, table: str) -> list[dict[str, Any]]:
+    return await ctx.rows(
+        "SELECT r.rolname::text AS role, has_table_privilege(r.oid, c.oid, 'SELECT') AS can_select,"
+        " c.relrowsecurity AS rls_enabled,"
+        " (SELECT count(*) FROM pg_policy p WHERE p.polrelid = c.oid AND p.polcmd IN ('r', '*')"
+        "   AND (p.polroles = '{0}' OR r.oid = ANY (p.polroles))) AS read_policies"
+        " FROM pg_roles r, pg_class c"
+        " WHERE r.rolname IN ('anon', 'authenticated') AND c.oid = to_regclass($1)"
+        " ORDER BY r.rolname",
+        f"public.{table}",
+    )
+
+
+async def _policies(ctx: Context, table: str) -> list[dict[str, Any]]:
+    return await ctx.rows(
+        "SELECT p.polname AS policy, p.polcmd AS command, p.polpermissive AS permissive,"
+        " ARRAY(SELECT rolname::text FROM pg_roles WHERE oid = ANY (p.polroles)) AS roles,"
+        " pg_get_expr(p.polqual, p.polrelid) AS using_expression"
+        " FROM pg_policy p WHERE p.polrelid = to_regclass($1) ORDER BY p.polname",
+        f"public.{table}",
+    )
+
+
+async def invisible_to_public(ctx: Context, firing: Firing) -> Finding:
+    where = ", ".join(_labels(firing, "locale"))
+    access = await _read_access(ctx, "homepage_sections")
+    policies = await _policies(ctx, "homepage_sections")
+    no_grant = [a["role"] for a in access if not a["can_select"]]
+    if no_grant:
+        return Finding(
+            firing.incident,
+            f"anon sees no section for {where}: SELECT on homepage_sections was revoked",
+            f"{', '.join(no_grant)} may not read homepage_sections at all",
+            access,
+            "Give the public roles their read access back (row level security still decides"
+            " which rows).",
+            [f"GRANT SELECT ON homepage_sections TO {PUBLIC_ROLES};"],
+        )
+    return Finding(
+        firing.incident,
+        f"anon sees no section for {where}: a row level security policy hides them",
+        "live sections exist but the public role reads none; the policies on homepage_sections:",
+        policies,
+        "Recreate the runbook's public read policy (emergency only), then verify as anon.",
+        [
+            f'DROP POLICY IF EXISTS "{SECTIONS_POLICY}" ON homepage_sections;',
+            f'CREATE POLICY "{SECTIONS_POLICY}" ON homepage_sections'
+            " FOR SELECT USING (status = 'published' AND is_active = true);",
+        ],
+    )
+
+
+async def content_hidden(ctx: Context, firing: Firing) -> Finding:
+    pairs = sorted({(str(lb.get("locale")), str(lb.get("role"))) for lb, _ in firing.series})
+    where = ", ".join(f"{locale} ({role})" for locale, role in pairs)
+    access = await _read_access(ctx, "section_versions")
+    policies = await _policies(ctx, "section_versions")
+    roles = sorted({role for _, role in pairs})
+    no_grant = [a["role"] for a in access if not a["can_select"] and a["role"] in roles]
+    if no_grant:
+        statements = [f"GRANT SELECT ON section_versions TO {', '.join(no_grant)};"]
+        why = f"{', '.join(no_grant)} may not read section_versions"
+    else:
+        # A policy of its own for the published versions: whatever was narrowed stays as it
+        # is, and nothing unpublished becomes readable.
+        statements = [
+            'CREATE POLICY "Published versions viewable by the public" ON section_versions'
+            f" FOR SELECT TO {', '.join(roles)} USING (is_published);"
+        ]
+        why = "no policy on section_versions lets them read the published versions"
+    return Finding(
+        firing.incident,
+        f"sections arrive without their content for {where}",
+        f"get_homepage_content() gives sections whose content is NULL: {why}",
+        access + policies,
+        "Let the public read the published versions again, then verify as anon.",
+        statements,
+    )
+
+
+async def _function(ctx: Context, name: str) -> list[dict[str, Any]]:
+    return await ctx.rows(
+        "SELECT p.oid::regprocedure::text AS function, p.prosecdef AS security_definer,"
+        " pg_get_userbyid(p.proowner)::text AS owner,"
+        " has_function_privilege('anon', p.oid, 'EXECUTE') AS anon_can_execute"
+        " FROM pg_proc p WHERE p.pronamespace = 'public'::regnamespace AND p.proname = $1",
+        name,
+    )
+
+
+async def render_empty(ctx: Context, firing: Firing) -> Finding:
+    pairs = sorted({(str(lb.get("locale")), str(lb.get("role"))) for lb, _ in firing.series})
+    where = ", ".join(f"{locale} ({role})" for locale, role in pairs)
+    return Finding(
+        firing.incident,
+        f"get_homepage_content() returns nothing for {where}",
+        "live sections the public can read exist, yet the function returns no row",
+        await _function(ctx, "get_homepage_content"),
+        "The function's filter, or a grant or policy on a table it joins, changed: compare"
+        " the function with the migration, and re-run it if it was changed.",
+        [REMIGRATE],
+    )
+
+
+async def render_failing(ctx: Context, firing: Firing) -> Finding:
+    function = await _function(ctx, "get_homepage_content")
+    error = ctx.errors.get("homepage_render", "")
+    if function and not function[0]["anon_can_execute"]:
+        return Finding(
+            firing.incident,
+            "get_homepage_content() may not be executed by the public",
+            f"rendering as anon failed: {error}",
+            function,
+            "Give EXECUTE back to the public roles.",
+            [f"GRANT EXECUTE ON FUNCTION {function[0]['function']} TO {PUBLIC_ROLES};"],
+        )
+    return Finding(
+        firing.incident,
+        "get_homepage_content() fails for the public",
+        f"rendering as anon failed: {error}",
+        function,
+        "Read the error: a broken function body, a missing table or grant. Re-run the"
+        " migration if the function was changed.",
+        [REMIGRATE],
+    )
+
+
+async def function_missing(ctx: Context, firing: Firing) -> Finding:
+    names = _labels(firing, "function")
+    return Finding(
+        firing.incident,
+        f"{', '.join(f'{n}()' for n in names)} missing",
+        "no such function in schema public",
+        [{"function": n} for n in names],
+        "Re-run the CMS migration that creates it.",
+        [REMIGRATE],
+    )
+
+
+async def rls_disabled(ctx: Context, firing: Firing) -> Finding:
+    tables = _labels(firing, "table")
+    return Finding(
+        firing.incident,
+        f"row level security is off on {', '.join(tables)}",
+        "every role with table privileges (anon, on Supabase) reads and writes all rows",
+        [{"table": t, "rls_enabled": False} for t in tables],
+        "Enable row level security (the table's policies then apply).",
+        [f"ALTER TABLE public.{t} ENABLE ROW LEVEL SECURITY;" for t in tables],
+    )
+
+
+_SCHEDULE = (
+    "SELECT s.id::text AS id, hs.section_key, hs.locale, s.publish_at,"
+    " v.version_number AS version, live.version_number AS live_version"
+    " FROM section_schedules s"
+    " LEFT JOIN homepage_sections hs ON hs.id = s.section_id"
+    " LEFT JOIN section_versions v ON v.id = s.version_id AND v.section_id = s.section_id"
+    " LEFT JOIN section_versions live ON live.id = hs.published_version_id"
+)
+
+
+async def publish_lag(ctx: Context, firing: Firing) -> Finding:
+    overdue = await ctx.rows(
+        _SCHEDULE.replace(
+            "SELECT ", "SELECT extract(epoch FROM now() - s.publish_at)::bigint AS age_seconds, ", 1
+        )
+        + " WHERE s.status = 'pending' AND s.publish_at <= now()"
+        f" ORDER BY s.publish_at, s.id LIMIT {MAX_ROWS}"
+    )
+    # A schedule whose version is not newer than the live one would put an older version live.
+    older = [
+        r
+        for r in overdue
+        if r["version"] is not None
+        and r["live_version"] is not None
+        and int(r["version"]) <= int(r["live_version"])
+    ]
+    statements = []
+    if older:
+        # Processing these would roll the homepage back: withdraw them first.
+        statements.append(
+            "UPDATE section_schedules SET status = 'cancelled'"
+            f" WHERE id IN ({_ids(older)}) AND status = 'pending';"
+        )
+    statements.append("SELECT * FROM process_scheduled_publishes();")
+    oldest = float(overdue[0]["age_seconds"]) if overdue else 0.0
+    return Finding(
+        firing.incident,
+        f"scheduled publishes overdue, the oldest by {human_age(oldest)}",
+        f"{len(overdue)} schedules pending past publish_at (oldest first)"
+        + (f"; {len(older)} would publish a version older than the live one" if older else ""),
+        overdue,
+        "Find out why the job does not run them (cron job, function, grants); once fixed,"
+        " process the queue by hand.",
+        statements,
+    )
+
+
+async def publish_failures(ctx: Context, firing: Firing) -> Finding:
+    failed = await ctx.rows(
+        _SCHEDULE.replace(
+            "SELECT ",
+            "SELECT s.processed_at, left(regexp_replace(coalesce("
+            "s.error_message, ''), '\\s+', ' ', 'g'), 120) AS error, ",
+            1,
+        )
+        + " WHERE s.status = 'failed' AND s.processed_at > now() - interval '1 hour'"
+        f" ORDER BY s.processed_at DESC, s.id LIMIT {MAX_ROWS}"
+    )
+    # Re-queue only what would move the homepage forward: per section the newest failed
+    # schedule, of a version of that section newer than the live one, with nothing scheduled
+    # or published for the section after it.
+    requeue = await ctx.rows(
+        "SELECT DISTINCT ON (s.section_id) s.id::text AS id FROM section_schedules s"
+        " JOIN section_versions v ON v.id = s.version_id AND v.section_id = s.section_id"
+        " JOIN homepage_sections hs ON hs.id = s.section_id"
+        " LEFT JOIN section_versions live ON live.id = hs.published_version_id"
+        " WHERE s.status = 'failed' AND s.processed_at > now() - interval '1 hour'"
+        " AND (live.id IS NULL OR v.version_number > live.version_number)"
+        " AND NOT EXISTS (SELECT FROM section_schedules later"
+        "   WHERE later.section_id = s.section_id AND later.id <> s.id"
+        "   AND later.status IN ('pending', 'completed') AND later.publish_at >= s.publish_at)"
+        " ORDER BY s.section_id, s.publish_at DESC, s.id"
+    )
+    statements = (
+        [
+            "UPDATE section_schedules SET status = 'pending', error_message = NULL,"
+            f" processed_at = NULL WHERE id IN ({_ids(requeue)}) AND status = 'failed';"
+        ]
+        if requeue
+        else []
+    )
+    step = "Read the errors: a broken function or data it refuses. Fix the cause"
+    step += (
+        ", then re-queue the newest failed schedule of each section (only those that publish a"
+        " version newer than the live one)."
+        if requeue
+        else "; nothing to re-queue: each failed schedule would publish a version no newer than"
+        " the live one, or a later schedule replaced it."
+    )
+    return Finding(
+        firing.incident,
+        f"{len(failed)} scheduled publishes failed in the last hour",
+        "newest first, each with its error, its version and the live version",
+        failed,
+        step,
+        statements,
+    )
+
+
+async def _cron_job(ctx: Context) -> list[dict[str, Any]]:
+    return await ctx.rows(
+        "SELECT jobid, jobname, schedule, active FROM homepage_exporter.cron_job"
+        " WHERE jobname = $1 ORDER BY jobid",
+        cron_job_name(ctx.thresholds),
+    )
+
+
+async def cron_inactive(ctx: Context, firing: Firing) -> Finding:
+    name = cron_job_name(ctx.thresholds)
+    job = await _cron_job(ctx)
+    if job:
+        # cron.alter_job keeps the job's schedule and id; on Supabase an UPDATE of cron.job is
+        # refused (the table is supabase_admin's).
+        statements = [f"SELECT cron.alter_job(job_id := {job[0]['jobid']}, active := true);"]
+        seen = f"jobid {job[0]['jobid']} is inactive: pg_cron will not run scheduled publishes"
+    else:
+        statements = [
+            f"SELECT cron.schedule({literal(name)}, '*/5 * * * *',"
+            " $$SELECT process_scheduled_publishes()$$);"
+        ]
+        seen = "no such job: pg_cron will not run scheduled publishes"
+    return Finding(
+        firing.incident,
+        f"cron job {name} is {'inactive' if job else 'missing'}",
+        seen,
+        job,
+        "Re-enable the job (or create it again), then process the queue by hand if due.",
+        statements,
+    )
+
+
+async def _cron_runs(ctx: Context) -> list[dict[str, Any]]:
+    job = await _cron_job(ctx)
+    if not job:
+        return []
+    return await ctx.rows(
+        "SELECT runid, status, start_time,"
+        " extract(epoch FROM end_time - start_time)::numeric(12, 3) AS duration_seconds,"
+        " left(regexp_replace(coalesce(return_message, ''), '\\s+', ' ', 'g'), 120) AS message"
+        " FROM homepage_exporter.cron_job_run_details WHERE jobid = $1"
+        " ORDER BY runid DESC LIMIT 5",
+        job[0]["jobid"],
+    )
+
+
+async def cron_failed(ctx: Context, firing: Firing) -> Finding:
+    name = cron_job_name(ctx.thresholds)
+    runs = await _cron_runs(ctx)
+    if runs and PERMISSION.search(str(runs[0]["message"])):  # P2 path C: RLS or a grant
+        return Finding(
+            firing.incident,
+            f"cron job {name}: its last run was refused by permissions",
+            "row level security or a grant blocks process_scheduled_publishes() (newest first)",
+            runs,
+            "Make the function SECURITY DEFINER again (or restore the grant it lost).",
+            ["ALTER FUNCTION process_scheduled_publishes() SECURITY DEFINER;"],
+            path="C",
+        )
+    return Finding(
+        firing.incident,
+        f"cron job {name}: its last run failed",
+        "the newest runs of the job (newest first) with pg_cron's message",
+        runs,
+        "Run the function by hand to see its error; fix it (re-run the migration if the"
+        " function was corrupted).",
+        ["SELECT * FROM process_scheduled_publishes();"],
+    )
+
+
+async def cron_runs(ctx: Context, firing: Firing) -> Finding:
+    name = cron_job_name(ctx.thresholds)
+    return Finding(
+        firing.incident,
+        f"cron job {name}: {firing.incident.summary[:1].lower()}{firing.incident.summary[1:]}",
+        "the newest runs of the job (newest first)",
+        await _cron_runs(ctx),
+        "Look for locks on section_schedules and a backlog of due schedules; check that"
+        " pg_cron's scheduler runs (cron.database_name, the server log).",
+    )
+
+
+async def not_security_definer(ctx: Context, firing: Firing) -> Finding:
+    rows = [
+        r for r in await _function(ctx, "process_scheduled_publishes") if not r["security_definer"]
+    ]
+    return Finding(
+        firing.incident,
+        "process_scheduled_publishes() is not SECURITY DEFINER",
+        "it runs with the caller's rights, so row level security can block the publish",
+        rows,
+        "Make it SECURITY DEFINER again.",
+        [f"ALTER FUNCTION {r['function']} SECURITY DEFINER;" for r in rows],
+    )
+
+
+# Sessions that touch the CMS, as the runbook's own P3 query looks for them, and more exactly:
+# by the CMS relations they hold locks on, or by the CMS's names in their query text. Someone
+# else's query (the shop's analytics) is not a CMS incident and is never offered a cancel.
+CMS_RELATIONS = (
+    "SELECT c.oid FROM pg_class c WHERE c.relnamespace = 'public'::regnamespace"
+    " AND (c.relname LIKE 'homepage%' OR c.relname LIKE 'section%' OR c.relname LIKE 'media%')"
+)
+CMS_TEXT = "(homepage|section_|media_assets|get_homepage_content|process_scheduled_publishes)"
+# The runbook's own maintenance, which a cancel would break: pg_dump's COPY ... TO stdout,
+# VACUUM, ANALYZE, REINDEX, CREATE INDEX CONCURRENTLY.
+MAINTENANCE = r"^\s*(copy\s.*\sto\s+stdout|vacuum|analyze|reindex|create\s+index)"
+
+
+async def cms_sessions(ctx: Context, slower_than: float) -> list[dict[str, Any]]:
+    return await ctx.rows(
+        f"WITH cms AS ({CMS_RELATIONS}),"
+        " a AS (SELECT * FROM pg_stat_activity WHERE datname = current_database()"
+        "   AND pid <> pg_backend_pid() AND application_name <> 'homepage-cms-exporter'"
+        "   AND state IS DISTINCT FROM 'idle'),"
+        " touching AS (SELECT DISTINCT l.pid FROM pg_locks l JOIN cms ON cms.oid = l.relation),"
+        " blockers AS (SELECT DISTINCT unnest(pg_blocking_pids(pid)) AS pid FROM a)"
+        " SELECT a.pid, a.usename::text AS role, a.application_name AS application, a.state,"
+        " greatest(0, extract(epoch FROM clock_timestamp()"
+        "   - coalesce(a.query_start, a.xact_start)))::numeric(12, 1) AS age_seconds,"
+        " a.wait_event_type, a.wait_event, pg_blocking_pids(a.pid) AS blocked_by,"
+        " a.pid IN (SELECT pid FROM blockers) AS blocking,"
+        " a.query ~* $2 AS maintenance,"
+        f" left(regexp_replace(a.query, '\\s+', ' ', 'g'), {QUERY_PREFIX_CHARS}) AS query_prefix"
+        " FROM a"
+        " WHERE (a.pid IN (SELECT pid FROM touching) OR a.query ~* $1"
+        "        OR a.pid IN (SELECT pid FROM blockers))"
+        " AND (a.pid IN (SELECT pid FROM blockers) OR cardinality(pg_blocking_pids(a.pid)) > 0"
+        "      OR (a.state = 'active'"
+        "          AND a.query_start < clock_timestamp() - make_interval(secs => $3)))"
+        f" ORDER BY a.query_start NULLS LAST, a.pid LIMIT {MAX_ROWS}",
+        CMS_TEXT,
+        MAINTENANCE,
+        slower_than,
+    )
+
+
+def _cancels(rows: Sequence[Mapping[str, Any]]) -> list[str]:
+    """pg_cancel_backend for the blockers (or, with none, the runaways), never maintenance."""
+    culprits = [r for r in rows if r["blocking"]] or [r for r in rows if not r["blocked_by"]]
+    return [f"SELECT pg_cancel_backend({r['pid']});" for r in culprits if not r["maintenance"]]
+
+
+async def sessions(ctx: Context, firing: Firing) -> Finding:
+    slower_than = 300.0 if firing.incident.alert == "HomepageLongRunningQuery" else 1.0
+    rows = await cms_sessions(ctx, slower_than)
+    blocked = [r for r in rows if r["blocked_by"]]
+    return Finding(
+        firing.incident,
+        "blocked CMS sessions" if blocked else "long-running CMS queries",
+        f"{len(rows)} CMS sessions in a lock chain or active too long (oldest first)",
+        rows,
+        "Identify the sessions (role, application, wait event, query prefix); cancel the"
+        " blocker or the runaway only if you know what it is. Maintenance (pg_dump, VACUUM,"
+        " ANALYZE) is never offered a cancel.",
+        _cancels(rows),
+    )
+
+
+async def slow_render(ctx: Context, firing: Firing) -> Finding:
+    rows: list[dict[str, Any]] = [
+        {"locale": lb.get("locale"), "role": lb.get("role"), "render_seconds": round(v, 3)}
+        for lb, v in sorted(firing.series, key=lambda s: -s[1])
+    ]
+    worst = rows[0]
+    busy = await cms_sessions(ctx, 1.0)
+    return Finding(
+        firing.incident,
+        f"the {worst['locale']} homepage renders in {float(str(worst['render_seconds'])):.2f} s",
+        f"get_homepage_content() is over the runbook's {firing.incident.severity} threshold"
+        " (slowest first), then the CMS sessions busy or blocked now",
+        rows + busy,
+        "Look at the CMS sessions listed, bloat, statistics and indexes (the findings below).",
+        _cancels(busy),
+    )
+
+
+# The definitions the runbook gives (Performance Tuning: Create Missing Indexes).
+RUNBOOK_INDEXES = {
+    "idx_homepage_sections_render": (
+        "homepage_sections (locale, display_order) WHERE is_active AND status = 'published'"
+    ),
+    "idx_section_versions_history": "section_versions (section_id, version_number DESC)",
+    "idx_section_schedules_pending": "section_schedules (publish_at) WHERE status = 'pending'",
+}
+
+
+async def indexes(ctx: Context, firing: Firing) -> Finding:
+    names = _labels(firing, "index")
+    # An index still being built (CREATE INDEX CONCURRENTLY) is invalid until it finishes: it
+    # must not be dropped.
+    building = {
+        str(r["index"])
+        for r in await ctx.rows(
+            "SELECT c.relname AS index FROM pg_stat_progress_create_index p"
+            " JOIN pg_class c ON c.oid = p.index_relid"
+        )
+    }
+    rows = [
+        {"index": n, "state": "building" if n in building else firing.incident.alert[13:].lower()}
+        for n in names
+    ]
+    statements = []
+    for name in names:
+        if name in building:
+            continue
+        if firing.incident.alert == "HomepageIndexInvalid":
+            statements.append(f"REINDEX INDEX CONCURRENTLY public.{name};")
+        elif name in RUNBOOK_INDEXES:
+            statements.append(f"CREATE INDEX CONCURRENTLY {name} ON {RUNBOOK_INDEXES[name]};")
+    return Finding(
+        firing.incident,
+        f"CMS indexes {firing.incident.alert[13:].lower()}: {', '.join(names)}",
+        "; ".join(f"{r['index']} ({r['state']})" for r in rows),
+        rows,
+        "Build them concurrently (no table lock); leave one that is being built alone.",
+        statements,
+    )
+
+
+async def tables(ctx: Context, firing: Firing) -> Finding:
+    names = _labels(firing, "table")
+    rows = await ctx.rows(
+        "SELECT s.relname AS table, s.n_live_tup AS live_rows, s.n_dead_tup AS dead_rows,"
+        " round(s.n_dead_tup::numeric / nullif(s.n_live_tup + s.n_dead_tup, 0), 3) AS dead_ratio,"
+        " greatest(s.last_analyze, s.last_autoanalyze) AS last_analyzed,"
+        " greatest(s.last_vacuum, s.last_autovacuum) AS last_vacuumed,"
+        " s.n_mod_since_analyze AS changed_since_analyze"
+        " FROM pg_stat_user_tables s WHERE s.schemaname = 'public' AND s.relname = ANY ($1::text[])"
+        " ORDER BY s.relname",
+        names,
+    )
+    bloat = firing.incident.alert == "HomepageTableBloated"
+    return Finding(
+        firing.incident,
+        ("bloated CMS tables: " if bloat else "CMS tables with stale statistics: ")
+        + ", ".join(names),
+        "dead rows and the last VACUUM and ANALYZE of each",
+        rows,
+        "VACUUM now; VACUUM FULL or pg_repack only in a maintenance window."
+        if bloat
+        else "Refresh the planner's statistics.",
+        [f"VACUUM (ANALYZE) public.{n};" if bloat else f"ANALYZE public.{n};" for n in names],
+    )
+
+
+DRILLDOWNS: Mapping[str, DrillDown] = {
+    "HomepageLongRunningQuery": sessions,
+    "PostgresBlockedQueries": sessions,
+    "HomepageIndexMissing": indexes,
+    "HomepageIndexInvalid": indexes,
+    "HomepageTableBloated": tables,
+    "HomepageTableStatisticsStale": tables,
+    "HomepageNoLiveSections": no_live_sections,
+    "HomepageInvisibleToPublic": invisible_to_public,
+    "HomepageContentHidden": content_hidden,
+    "HomepageRenderEmpty": render_empty,
+    "HomepageRenderFailing": render_failing,
+    "HomepageFunctionMissing": function_missing,
+    "HomepageTableRLSDisabled": rls_disabled,
+    "ScheduledPublishLag": publish_lag,
+    "HighPublishFailureRate": publish_failures,
+    "HomepageCronJobInactive": cron_inactive,
+    "HomepageCronJobFailed": cron_failed,
+    "HomepageCronJobSlow": cron_runs,
+    "HomepageCronJobNotRunning": cron_runs,
+    "HomepagePublishFunctionNotSecurityDefiner": not_security_definer,
+    "HomepageSlowQuery": slow_render,
+}
+
+
+async def plain(ctx: Context, firing: Firing) -> Finding:
+    """An incident without a drill-down of its own: the series behind it."""
+    return Finding(
+        firing.incident,
+        firing.incident.summary,
+        f"{len(firing.series)} series over the threshold",
+        [{**labels, "value": value} for labels, value in firing.series],
+        "",
+    )
+
+
+def drilldown(alert: str) -> DrillDown:
+    return DRILLDOWNS.get(alert, plain)
