@@ -30,15 +30,50 @@ class Redactor:
         return text
 
 
-def _logfmt_value(value: object) -> str:
-    text = str(value)
-    if text and not any(c in text for c in ' ="\\\n\t') and text.isprintable():
+# A database's error text can be as long as the data it quotes ("invalid input syntax for type
+# json: <the whole document>"). Log shippers cut long lines into several records (Docker's
+# json-file at 16 KiB, journald at LineMax, 48 KiB by default), and a record that begins with
+# text the database chose is a forged line. 1,024 characters keep every line well under both,
+# and still hold any error a person reads.
+MAX_VALUE_CHARS = 1024
+
+
+def _shortened(text: str) -> str:
+    if len(text) <= MAX_VALUE_CHARS:
         return text
-    escaped = text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
-    return f'"{escaped}"'
+    return f"{text[:MAX_VALUE_CHARS]}... ({len(text) - MAX_VALUE_CHARS} more characters)"
 
 
-class _Formatter(logging.Formatter):
+def _printable(encoded: str) -> str:
+    """`encoded` (JSON text) with every character that is not printable as a JSON escape.
+
+    json.dumps escapes only C0 controls; with ensure_ascii=False it leaves DEL, C1 controls,
+    line and paragraph separators, bidirectional overrides and lone surrogates raw, and a
+    terminal or log viewer acts on them. str.isprintable is False for exactly those (Unicode
+    categories Cc, Cf, Cs, Co, Cn, Zl, Zp, Z* but the space), and json.dumps of one character
+    with its default ensure_ascii=True writes its standard escape (a surrogate pair above
+    U+FFFF). Printable non-ASCII text stays readable.
+    """
+    if encoded.isprintable():
+        return encoded
+    return "".join(c if c.isprintable() else json.dumps(c)[1:-1] for c in encoded)
+
+
+def _logfmt_value(value: object) -> str:
+    """A logfmt value: bare when it cannot be misread, else a quoted JSON string.
+
+    logfmt has no standard for escapes; a JSON string literal is what go-logfmt writes and
+    reads (its decoder unquotes with encoding/json's rules), so the stdlib's encoder does it.
+    """
+    text = str(value)
+    if text and text.isprintable() and not any(c in text for c in ' ="\\'):
+        return text
+    return _printable(json.dumps(text, ensure_ascii=False))
+
+
+class LineFormatter(logging.Formatter):
+    """One log record as one line: logfmt or JSON, secrets masked, every value escaped."""
+
     def __init__(self, fmt: LogFormat, redact: Redactor) -> None:
         super().__init__()
         self._json = fmt is LogFormat.JSON
@@ -54,12 +89,13 @@ class _Formatter(logging.Formatter):
         fields.update(getattr(record, "fields", {}))
         if record.exc_info and record.levelno >= logging.ERROR:
             fields["error"] = self.formatException(record.exc_info)
+        # Redacted before shortened: a secret cut in two would no longer be found.
         clean = {
-            k: self._redact(str(v)) if not isinstance(v, int | float | bool) else v
+            k: _shortened(self._redact(str(v))) if not isinstance(v, int | float | bool) else v
             for k, v in fields.items()
         }
         if self._json:
-            return json.dumps(clean, ensure_ascii=False, default=str)
+            return _printable(json.dumps(clean, ensure_ascii=False))
         return " ".join(f"{k}={_logfmt_value(v)}" for k, v in clean.items())
 
 
@@ -138,7 +174,7 @@ def configure(level: LogLevel, fmt: LogFormat, redact: Redactor | None = None) -
     """Send structured lines to stderr, secrets masked; quiet the libraries we use."""
     redact = redact or Redactor()
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(_Formatter(fmt, redact))
+    handler.setFormatter(LineFormatter(fmt, redact))
     root = logging.getLogger(_ROOT)
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
@@ -147,7 +183,7 @@ def configure(level: LogLevel, fmt: LogFormat, redact: Redactor | None = None) -
         logging.getLogger(noisy).setLevel(logging.ERROR)
     # aiohttp reports each malformed or hostile request with a traceback: one line instead.
     client_errors = logging.StreamHandler(sys.stderr)
-    client_errors.setFormatter(_Formatter(fmt, redact))
+    client_errors.setFormatter(LineFormatter(fmt, redact))
     client_errors.addFilter(_ClientErrors())
     server = logging.getLogger("aiohttp.server")
     server.handlers[:] = [client_errors]
