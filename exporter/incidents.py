@@ -156,6 +156,9 @@ class Incident:
     unless: Signal | None = None  # `unless on (instance, job, *on)`
     on: tuple[str, ...] = ()
     for_: str = "0m"
+    # Extra rule labels: only where one alert has rules of two priorities (promtool refuses two
+    # rules with the same name and labels).
+    labels: tuple[tuple[str, str], ...] = ()
 
     @property
     def section(self) -> str:
@@ -397,6 +400,7 @@ def incidents(cms_cron_job: str) -> list[Incident]:
             "Function {{ $labels.function }}() does not exist in schema public on"
             " {{ $labels.instance }}. Re-apply the CMS migration (runbook P1 path C).",
             for_="5m",
+            labels=(("priority", "P1"),),
         ),
         Incident(
             "HomepageTableRLSDisabled",
@@ -428,6 +432,7 @@ def incidents(cms_cron_job: str) -> list[Incident]:
             "Function {{ $labels.function }}() does not exist in schema public on"
             " {{ $labels.instance }}. Re-apply the CMS migration (runbook P2 path B).",
             for_="5m",
+            labels=(("priority", "P2"),),
         ),
         *_tiered(
             "ScheduledPublishLag",

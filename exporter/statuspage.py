@@ -19,6 +19,15 @@ from typing import Any
 
 from exporter import __version__
 from exporter.durations import format_duration
+from exporter.incidents import (
+    Firing,
+    Incident,
+    cron_job_name,
+    evaluate,
+    incidents,
+    load_thresholds,
+    samples_of,
+)
 from exporter.snapshot import Snapshot
 from exporter.store import Coalesced, TargetStore
 
@@ -75,6 +84,19 @@ def current(snapshots: Sequence[Snapshot], check: Check) -> float | None:
         )
     ]
     return max(values) if values else None
+
+
+def incidents_now(
+    snapshots: Sequence[Snapshot],
+    thresholds: Mapping[str, Any],
+    incidents: Sequence[Incident],
+    now: float,
+) -> list[Firing]:
+    """The runbook's incidents that hold on these snapshots: the conditions the alerting rules
+    are rendered from and triage evaluates (exporter/incidents.py), on the same samples."""
+    up = {s.query.name: s.up for s in snapshots if s.up is not None}
+    samples = samples_of((f for s in snapshots for f in s.families), up)
+    return evaluate(samples, thresholds, now, incidents)
 
 
 def state(value: float | None, check: Check) -> str:
@@ -136,6 +158,8 @@ def render(
     checks: Sequence[Check],
     now: float,
     links: Sequence[tuple[str, str]],
+    thresholds: Mapping[str, Any] | None = None,
+    incidents: Sequence[Incident] = (),
 ) -> bytes:
     """The whole page for these targets' current snapshots."""
     e = html.escape
@@ -171,6 +195,23 @@ def render(
                 f"<td class=wide>&gt; {_shown(check.warning, check.unit)}</td>"
                 f"<td class=wide>&gt; {_shown(check.critical, check.unit)}</td>"
                 f"<td>{_badge(s)}</td><td class=wide>{e(check.action)}</td></tr>"
+            )
+        out.append("</table>")
+        firings = incidents_now(snaps, thresholds or {}, incidents, now) if incidents else []
+        out.append(
+            "<h2>Incidents</h2>"
+            + ("<p>None: no alert condition holds.</p>" if not firings else "")
+            + "<table><tr><th>Alert</th><th>Runbook</th><th>State</th><th class=wide>What</th>"
+            "</tr>"
+        )
+        for f in firings:
+            i = f.incident
+            path = f" path {i.path}" if i.path else ""
+            out.append(
+                f'<tr data-alert="{e(i.alert)}" data-state="{i.severity}">'
+                f'<td><a href="{e(runbook_url)}#{e(i.section)}">{e(i.alert)}</a></td>'
+                f"<td>{i.priority.label}{path}</td><td>{_badge(i.severity.value)}</td>"
+                f"<td class=wide>{e(i.summary)}</td></tr>"
             )
         out.append("</table>")
         out.append(
@@ -219,6 +260,8 @@ class StatusPage:
         self._links = list(links)
         self._clock = clock
         self._runbook_url, self._checks = load_checks(quickref)
+        self._thresholds = load_thresholds(quickref)
+        self._incidents = incidents(cron_job_name(self._thresholds))
         self.renders = 0
         self.body = b""
         self.render = Coalesced(self.render_now)
@@ -229,5 +272,11 @@ class StatusPage:
     def render_now(self) -> None:
         self.renders += 1
         self.body = render(
-            self._targets, self._runbook_url, self._checks, self._clock(), self._links
+            self._targets,
+            self._runbook_url,
+            self._checks,
+            self._clock(),
+            self._links,
+            self._thresholds,
+            self._incidents,
         )

@@ -395,3 +395,170 @@ def test_each_runbook_incident_gets_its_verdict_and_path(
         finding(data, severity, path)
     else:
         assert data["unreachable"]
+
+
+# --- the states of issue #18: verdicts that match the runbook, statements safe to paste -------
+
+LIVE_VERSION = (
+    "SELECT sv.version_number FROM homepage_sections hs"
+    " JOIN section_versions sv ON sv.id = hs.published_version_id"
+    " WHERE hs.locale = 'en' AND hs.section_key = 'hero-banner'"
+)
+HERO = "(SELECT id FROM homepage_sections WHERE locale = 'en' AND section_key = 'hero-banner')"
+
+
+def _versions(pg: Cluster, database: str, numbers: range) -> None:
+    pg.psql(
+        "INSERT INTO section_versions (section_id, version_number, content)"
+        f" SELECT {HERO}, (SELECT max(version_number) FROM section_versions"
+        f" WHERE section_id = {HERO}) + g, jsonb_build_object('v', g)"
+        f" FROM generate_series({numbers.start}, {numbers.stop - 1}) g",
+        database=database,
+    )
+
+
+def _fail_schedules_of(pg: Cluster, database: str, where: str, minutes_ago: int) -> None:
+    pg.psql(
+        "INSERT INTO section_schedules (section_id, version_id, publish_at, status,"
+        " error_message, processed_at)"
+        f" SELECT {HERO}, sv.id, now() - interval '{minutes_ago} minutes', 'failed',"
+        f" 'canceling statement due to lock timeout', now() - interval '{minutes_ago} minutes'"
+        f" FROM section_versions sv WHERE sv.section_id = {HERO} AND {where}",
+        database=database,
+    )
+
+
+def test_failed_publishes_of_older_versions_are_never_requeued(pg: Cluster, homepage: str) -> None:
+    """Three versions failed to publish during a lock timeout; the section has since gone live
+    with a newer one. Re-queueing them would roll the homepage back: triage offers nothing."""
+    _versions(pg, homepage, range(1, 5))
+    _fail_schedules_of(pg, homepage, "sv.version_number > 1 AND sv.content ? 'v'"
+                       " AND (sv.content->>'v')::int <= 3", 30)  # fmt: skip
+    newest = f"(SELECT id FROM section_versions WHERE section_id = {HERO} AND content->>'v' = '4')"
+    pg.psql(f"SELECT publish_section_version({HERO}, {newest})", database=homepage)
+    live = pg.psql(LIVE_VERSION, database=homepage)
+    code, data = report(pg, homepage)
+    assert code == 2, data
+    b = finding(data, "P2", "B")
+    assert b["alert"] == "HighPublishFailureRate" and b["alert_severity"] == "warning"
+    assert len(b["rows"]) == 3
+    assert not any(s.startswith("UPDATE section_schedules") for s in b["statements"])
+    assert "nothing to re-queue" in b["next_step"]
+    pg.psql("SELECT * FROM process_scheduled_publishes()", database=homepage)
+    assert pg.psql(LIVE_VERSION, database=homepage) == live
+
+
+def test_a_newer_failed_version_is_requeued_and_goes_live(pg: Cluster, homepage: str) -> None:
+    """Of a section's failed schedules only the newest, newer than the live version, is
+    re-queued; after the printed statement and the job's next run it is live, nothing older."""
+    _versions(pg, homepage, range(1, 4))
+    _fail_schedules_of(pg, homepage, "sv.content ? 'v'", 20)
+    live = int(pg.psql(LIVE_VERSION, database=homepage))
+    code, data = report(pg, homepage)
+    assert code == 2
+    (statement,) = finding(data, "P2", "B")["statements"]
+    assert statement.count("'") == 2  # one schedule, by id
+    pg.psql(statement, database=homepage)
+    pg.psql("SELECT * FROM process_scheduled_publishes()", database=homepage)
+    now_live = int(pg.psql(LIVE_VERSION, database=homepage))
+    assert now_live == live + 3
+    assert report(pg, homepage)[0] == 0  # nothing failed in the hour is pending or newer now
+
+
+SLOW_RENDER = """
+ALTER FUNCTION get_homepage_content(text) RENAME TO get_homepage_content_fast;
+CREATE FUNCTION get_homepage_content(p_locale text) RETURNS SETOF record
+LANGUAGE plpgsql STABLE AS $$ BEGIN PERFORM pg_sleep(%s); END $$;
+DROP FUNCTION get_homepage_content(text);
+CREATE FUNCTION get_homepage_content(p_locale text)
+RETURNS TABLE (section_id uuid, section_key text, section_type text, display_order integer,
+  version_number integer, content jsonb, products jsonb, categories jsonb)
+LANGUAGE plpgsql STABLE AS $$
+BEGIN PERFORM pg_sleep(%s); RETURN QUERY SELECT * FROM get_homepage_content_fast(p_locale); END
+$$;
+GRANT EXECUTE ON FUNCTION get_homepage_content(text) TO anon, authenticated;
+"""
+
+
+def test_three_slow_locales_are_slow_not_down(pg: Cluster, homepage: str) -> None:
+    """1.1 s per locale is the runbook's critical load time (P3), not a blank homepage."""
+    pg.psql(SLOW_RENDER % (1.1, 1.1), database=homepage)
+    code, data = report(pg, homepage)
+    assert code == 1, data["verdict"]
+    slow = finding(data, "P3", "")
+    assert slow["alert"] == "HomepageSlowQuery" and slow["alert_severity"] == "critical"
+    assert {r["locale"] for r in slow["rows"] if "render_seconds" in r} == {"en", "de", "fr"}
+    assert data["failed_checks"] == {}
+
+
+def test_someone_elses_slow_query_is_no_cms_incident(pg: Cluster, homepage: str) -> None:
+    """The shop's analytics sleeping 20 s on its own table: not ours, no cancel offered."""
+    pg.psql("CREATE TABLE orders_daily (d date)", database=homepage)
+    analytics = pg.psql_session(
+        "SELECT count(*), pg_sleep(20) FROM orders_daily /* analytics */", homepage
+    )
+    try:
+        wait_for(
+            lambda: "analytics" in pg.psql(
+                "SELECT query FROM pg_stat_activity WHERE state = 'active'", database=homepage
+            ),
+            10,
+            "the analytics query to run",
+        )
+        time.sleep(2.5)  # older than the slow-query threshold of every check
+        code, data = report(pg, homepage)
+        assert code == 0, data["findings"]
+        assert not any("pg_cancel_backend" in s for f in data["findings"] for s in f["statements"])
+    finally:
+        analytics.kill()
+        analytics.wait()
+
+
+def test_a_failed_check_does_not_hide_a_p2(pg: Cluster, homepage: str) -> None:
+    """A lock makes the media checks time out; the overdue schedule (P2) still decides."""
+    pg.psql(
+        "INSERT INTO section_schedules (section_id, version_id, publish_at, status)"
+        f" SELECT {HERO}, published_version_id, now() - interval '20 minutes', 'pending'"
+        " FROM homepage_sections WHERE id = " + HERO,
+        database=homepage,
+    )
+    holder = pg.psql_session(
+        "BEGIN; LOCK TABLE media_assets IN ACCESS EXCLUSIVE MODE; SELECT pg_sleep(60);", homepage
+    )
+    try:
+        wait_for(
+            lambda: pg.psql(
+                "SELECT count(*) FROM pg_locks WHERE granted AND mode = 'AccessExclusiveLock'"
+                " AND relation = 'media_assets'::regclass",
+                database=homepage,
+            ).strip()
+            == "1",
+            10,
+            "the lock to be held",
+        )
+        code, data = report(pg, homepage)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert code == 2, data
+    assert data["severity"] == "P2"
+    assert "media" in data["failed_checks"]
+    assert finding(data, "P2", "")["alert"] == "ScheduledPublishLag"
+
+
+def test_a_database_without_the_cms_is_cannot_tell(pg: Cluster) -> None:
+    """The wrong DATABASE_URL: not 'homepage not loading', and the URL without its password."""
+    url = exporter_dsn(pg, "postgres")
+    code, out, _ = run(url)
+    assert code == 4, out
+    assert "this database has no Homepage CMS schema" in out.splitlines()[0]
+    assert f"homepage_exporter@127.0.0.1:{pg.port}/postgres" in out
+    assert pg.url("x", "y", "z").split("@")[0].split(":")[-1] not in out  # no password shown
+    assert "migration" not in out
+
+
+def test_the_json_names_the_one_database(pg: Cluster, homepage: str) -> None:
+    code, data = report(pg, homepage)
+    assert code == 0
+    assert data["target"] == f"homepage_exporter@127.0.0.1:{pg.port}/{homepage}"
+    assert data["severity"] is None

@@ -70,12 +70,13 @@ class Alert:
     summary: str
     description: str
     group: str
+    labels: tuple[tuple[str, str], ...] = ()
 
     def rule(self, runbook_url: str) -> dict[str, Any]:
         rule: dict[str, Any] = {"alert": self.name, "expr": self.expr}
         if self.for_ != "0m":
             rule["for"] = self.for_
-        rule["labels"] = {"severity": self.severity}
+        rule["labels"] = {"severity": self.severity, **dict(self.labels)}
         rule["annotations"] = {
             "summary": self.summary,
             "description": self.description,
@@ -134,6 +135,7 @@ def incident_alert(incident: Incident, t: Thresholds) -> Alert:
         incident.summary,
         incident.description,
         incident.group,
+        incident.labels,
     )
 
 
