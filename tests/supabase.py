@@ -21,6 +21,9 @@ of `migrations/db/migrate.sh`); none of their files are copied. The facts this r
   (20231020085357) and TRIGGER on cron.job_run_details is revoked (20260730000000).
   pg_cron's own script grants SELECT on both tables (and DELETE on job_run_details) to PUBLIC
   under its "username = current_user" policies. pg_cron runs in the database `postgres`.
+- Supabase's pg_cron settings (`ansible/files/postgresql_config/conf.d/pgcron.conf`) name only
+  `cron.database_name`; `cron.use_background_workers` keeps its default, off: each job run is a
+  libpq session of its own (backend_type `client backend`, application_name `pg_cron`).
 - pg_stat_statements lives in schema `extensions`. `postgres` has CREATE and USAGE on schema
   public and on extensions (the role dump).
 - Clients reach it over TLS, directly on 5432 or through Supavisor in transaction mode on 6543
@@ -168,6 +171,11 @@ def supabase(bindir: Path) -> Iterator[Supabase]:
         cron_database=DATABASE,
         # TCP only over TLS, as the clients of a Supabase project connect.
         hba=("hostnossl all all 0.0.0.0/0 reject", "hostnossl all all ::/0 reject"),
+    )
+    # Job runs as Supabase makes them: libpq sessions, here over the socket (local trust), as a
+    # job's role has no password for pg_cron to use.
+    cluster.settings.update(
+        {"cron.use_background_workers": "off", "cron.host": f"'{cluster.base}'"}
     )
     try:
         cluster.init()
