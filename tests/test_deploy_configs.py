@@ -132,8 +132,11 @@ def test_every_shipped_prometheus_config_is_checked_here() -> None:
     """A new config under deploy/ gets a case above, or this fails."""
     shipped = {
         path.relative_to(ROOT).as_posix()
-        for path in (ROOT / "deploy").rglob("*.yml")
-        if "rule_files" in yaml.safe_load(path.read_text())
+        for path in (ROOT / "deploy").rglob("*.y*ml")
+        if any(
+            isinstance(document, dict) and "rule_files" in document
+            for document in yaml.safe_load_all(path.read_text())
+        )
     }
     checked = {"deploy/prometheus.yml", "deploy/prometheus-multi-target.yml"}
     checked.add(compose_mounts("prometheus")[PROMETHEUS_CONFIG].relative_to(ROOT).as_posix())
