@@ -28,7 +28,8 @@ RECORDING_RULES: tuple[tuple[str, str, str], ...] = (
         PUBLISH_SUCCESS_7D,
         # Over the schedules that were tried: a cancelled (or still pending) one is no failure.
         'homepage_section_schedules_processed_7d{status="completed"} / ignoring (status)'
-        ' (sum without (status) (homepage_section_schedules_processed_7d{status=~"completed|failed"}))',
+        " (sum without (status)"
+        ' (homepage_section_schedules_processed_7d{status=~"completed|failed"}))',
     ),
     (
         "capacity",
@@ -317,8 +318,7 @@ def alerts(t: Thresholds) -> list[Alert]:
         Alert(
             "PostgresIdleInTransaction",
             WARNING,
-            "homepage_postgres_idle_in_transaction_seconds"
-            f" > {_g(t.idle_in_transaction_seconds)}",
+            f"homepage_postgres_idle_in_transaction_seconds > {_g(t.idle_in_transaction_seconds)}",
             "5m",
             "A session has been idle in a transaction for long.",
             "A session on {{ $labels.instance }} has sat idle inside an open transaction for"
@@ -344,8 +344,8 @@ def alerts(t: Thresholds) -> list[Alert]:
             f'absent(up{{job="{job}"}})',
             "5m",
             "Prometheus has no Homepage CMS exporter to scrape.",
-            f"No target of job {job} is in Prometheus's service discovery"
-            " ({{ $labels.instance }}): nothing watches the homepage database, and no other"
+            f"No target of job {job} is in Prometheus's service discovery:"
+            " nothing watches the homepage database, and no other"
             " alert of it can fire. Check the scrape config and the file or service discovery"
             " that lists the exporter.",
             "exporter",
@@ -500,8 +500,8 @@ def alerts(t: Thresholds) -> list[Alert]:
             "absent(homepage_backup_last_run_timestamp_seconds)",
             f"{int(t.backup_age_seconds // 60)}m",
             "No CMS backup has ever reported.",
-            "Prometheus has no homepage_backup_last_run_timestamp_seconds from any instance"
-            " ({{ $labels.instance }}): scripts/backup-homepage-cms.sh never ran, or"
+            "Prometheus has no homepage_backup_last_run_timestamp_seconds from any instance:"
+            " scripts/backup-homepage-cms.sh never ran, or"
             " node_exporter does not read its TEXTFILE_DIR, so HomepageBackupTooOld cannot fire."
             " Run the script by hand and check node_exporter's --collector.textfile.directory.",
             "backups",

@@ -36,11 +36,13 @@ class Thresholds(BaseModel):
     cms_tables_bytes: float = Field(gt=0)
     render_p95_seconds: float = Field(gt=0)
     connections_ratio: float = Field(gt=0, le=1)
+    connections_ratio_critical: float = Field(gt=0, le=1)
     dead_tuple_ratio: float = Field(gt=0, le=1)
     cache_hit_ratio: float = Field(gt=0, le=1)
     statistics_age_seconds: float = Field(gt=0)
     archive_backlog_seconds: float = Field(gt=0)
     cms_cron_job: str = Field(min_length=1)
+    cms_cron_owner: str = Field(min_length=1)
     bloat_min_dead_rows: float = Field(ge=0)
     database_size_bytes: Tiers
     connections: Tiers
@@ -51,6 +53,11 @@ class Thresholds(BaseModel):
     vacuum_age_seconds: float = Field(gt=0)
     backup_age_seconds: float = Field(gt=0)
     rpo_seconds: float = Field(gt=0)
+    xid_age_freeze_ratio: float = Field(gt=0)
+    xid_age_critical: float = Field(gt=0)
+    replication_slot_inactive_bytes: float = Field(gt=0)
+    replication_slot_retained_bytes: float = Field(gt=0)
+    idle_in_transaction_seconds: float = Field(gt=0)
 
 
 def load_thresholds(path: Path) -> Thresholds:
