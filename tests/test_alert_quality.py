@@ -10,6 +10,7 @@ what the scenario expects. The figures go to docs/alerts.md (tests check it is c
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
@@ -27,7 +28,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from exporter.demo.cluster import Cluster
 from exporter.demo.database import create_cms_database, load_exporter_role, sql_file
 from tests.conftest import exporter_dsn
-from tests.harness import EXPORTER_PASSWORD
+from tests.harness import EXPORTER_PASSWORD, wait_for
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parent.parent
@@ -83,6 +84,7 @@ class Scenario:
     within: int = 75  # minutes of the state held before judging
     env: dict[str, str] = field(default_factory=dict)
     stop_database: bool = False
+    idle_connections: int = 0  # client sessions held open, idle, while the exporter reads
 
 
 def _fails(n: int, age: str) -> str:
@@ -171,6 +173,39 @@ BENIGN = [
         UPDATE cron.job SET active = false WHERE jobname = 'nightly-report';""",
     ),
     Scenario(
+        "another team's cron jobs share names with ours",
+        "benign",
+        """
+        DO $$ BEGIN
+          IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'analytics') THEN
+            CREATE ROLE analytics;
+          END IF;
+        END $$;
+        SELECT cron.schedule('nightly-report', '0 3 * * *', 'SELECT 1');
+        INSERT INTO cron.job (schedule, command, nodename, nodeport, database, username, jobname)
+        VALUES ('0 4 * * *', 'SELECT 1', 'localhost', 5432, current_database(), 'analytics',
+                'nightly-report');
+        INSERT INTO cron.job_run_details (jobid, job_pid, database, username, command, status,
+                                          return_message, start_time, end_time)
+        SELECT jobid, 1, database, username, 'SELECT 1', 'failed', 'ERROR: their table is gone',
+               now() - interval '3 minutes', now() - interval '3 minutes' + interval '1 second'
+        FROM cron.job WHERE username = 'analytics';""",
+    ),
+    Scenario(
+        "editors cancel a fifth of this week's schedules",
+        "benign",
+        f"""
+        INSERT INTO section_schedules (section_id, version_id, publish_at, status, processed_at)
+        SELECT {SECTION}, {VERSION}, now() - g * interval '5 hours', s, now() - g * interval '5 hours'
+        FROM generate_series(1, 25) g,
+             LATERAL (SELECT CASE WHEN g % 5 = 0 THEN 'cancelled' ELSE 'completed' END) AS x(s);
+        INSERT INTO section_schedules (section_id, version_id, publish_at)
+        VALUES ({SECTION}, {VERSION}, now() + interval '2 days');""",
+    ),
+    # Supabase's smallest compute has max_connections 60: a pooler holding 40 idle is normal.
+    # Here max_connections is 50, so the same share is 33.
+    Scenario("an idle connection pool at 40 of 60", "benign", idle_connections=33),
+    Scenario(
         "old media nobody uses, referenced by a render URL",
         "benign",
         """
@@ -214,6 +249,9 @@ INCIDENTS = [
              "UPDATE media_assets SET file_size = 950000000;",
              frozenset({("MediaStorageHigh", "critical")}), within=75,
              env={"HOMEPAGE_EXPORTER_MEDIA_STORAGE_QUOTA_BYTES": "1000000000"}),
+    Scenario("Capacity: the connection pool is exhausted", "incident",
+             expect=frozenset({("PostgresConnectionsHigh", "critical")}), within=10,
+             idle_connections=44),
     Scenario("The database is unreachable", "incident",
              expect=frozenset({("HomepageDatabaseUnreachable", "critical")}), within=10,
              stop_database=True),
@@ -260,16 +298,57 @@ def exposition(cluster: Cluster, scenario: Scenario) -> str:
         "HOMEPAGE_EXPORTER_CONNECT_TIMEOUT": "2s",
         **scenario.env,
     }
-    try:
-        result = subprocess.run(
-            [sys.executable, "-m", "exporter", "once"],
-            env=env, capture_output=True, text=True, check=False, timeout=120,
-        )  # fmt: skip
-    finally:
-        if scenario.stop_database:
-            cluster.start()
+    with idle_sessions(cluster, scenario.idle_connections):
+        try:
+            result = subprocess.run(
+                [sys.executable, "-m", "exporter", "once"],
+                env=env, capture_output=True, text=True, check=False, timeout=120,
+            )  # fmt: skip
+        finally:
+            if scenario.stop_database:
+                cluster.start()
     assert "homepage_exporter_" in result.stdout, result.stderr
     return result.stdout
+
+
+@contextlib.contextmanager
+def idle_sessions(cluster: Cluster, n: int) -> Iterator[None]:
+    """`n` psql sessions connected and idle (waiting on their input), as a pooler holds them."""
+    count = "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'idle-pool'"
+    sessions = [
+        subprocess.Popen(
+            [
+                str(cluster.psql_binary),
+                "-X",
+                "-q",
+                "-h",
+                str(cluster.base),
+                "-p",
+                str(cluster.port),
+                "-U",
+                cluster.superuser,
+                "-d",
+                DATABASE,
+            ],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            env={**os.environ, "PGAPPNAME": "idle-pool"},
+        )
+        for _ in range(n)
+    ]
+    try:
+        if n:
+            wait_for(lambda: cluster.psql(count).strip() == str(n), 30, f"{n} idle sessions")
+        yield
+    finally:
+        for session in sessions:
+            assert session.stdin is not None
+            session.stdin.close()
+        for session in sessions:
+            session.wait(timeout=30)
+        if n:
+            wait_for(lambda: cluster.psql(count).strip() == "0", 30, "the idle sessions to end")
 
 
 def input_series(text: str, minutes: int) -> list[dict[str, str]]:

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import re
 import shutil
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 import pytest
@@ -19,7 +21,7 @@ from exporter.demo.database import create_cms_database
 from exporter.settings import SHIPPED_QUERIES
 from tests.conftest import BARE, CMS, CMS_TABLES, SERVERS, Servers, exporter_dsn
 from tests.harness import EXPORTER_PASSWORD, wait_for
-from tests.queries_harness import run_named, shipped, values
+from tests.queries_harness import Values, run_named, shipped, values
 
 
 @pytest.fixture(
@@ -648,18 +650,20 @@ def test_cron_job_last_finished_run_and_a_missing_job(pg: Cluster) -> None:
     )
     try:
         v = values(pg, CMS, "cron_jobs")
-        job = "process-scheduled-publishes"
-        assert v("homepage_cron_job_active", jobname=job) == 1
-        assert v("homepage_cron_job_last_run_success", jobname=job) == 0
-        assert approx(v("homepage_cron_job_last_run_duration_seconds", jobname=job), 7, 0.001)
-        assert v("homepage_cron_job_failed_runs", jobname=job) == 1
-        assert v("homepage_cron_job_failed_runs_last_hour", jobname=job) == 1
-        assert v.labels("homepage_cron_job_last_run_failure_info") == {(job, "ERROR: boom")}
-        assert v("homepage_cron_job_running", jobname=job) == 1
+        job = {"jobname": "process-scheduled-publishes", "username": "postgres"}
+        assert v("homepage_cron_job_active", **job) == 1
+        assert v("homepage_cron_job_last_run_success", **job) == 0
+        assert approx(v("homepage_cron_job_last_run_duration_seconds", **job), 7, 0.001)
+        assert v("homepage_cron_job_failed_runs", **job) == 1
+        assert v("homepage_cron_job_failed_runs_last_hour", **job) == 1
+        assert v.labels("homepage_cron_job_last_run_failure_info") == {
+            ("process-scheduled-publishes", "postgres", "ERROR: boom")
+        }
+        assert v("homepage_cron_job_running", **job) == 1
         pg.psql("SELECT cron.unschedule('process-scheduled-publishes')", database=CMS)
         gone = values(pg, CMS, "cron_jobs")
-        assert gone("homepage_cron_job_active", jobname=job) == 0
-        assert gone("homepage_cron_job_last_run_success", jobname=job) is None
+        assert gone("homepage_cron_job_active", **job) == 0
+        assert gone("homepage_cron_job_last_run_success", **job) is None
     finally:
         pg.psql(
             """
@@ -670,6 +674,149 @@ def test_cron_job_last_finished_run_and_a_missing_job(pg: Cluster) -> None:
         """,
             database=CMS,
         )
+
+
+ANALYTICS_JOBS = """
+DO $$ BEGIN
+  IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'analytics') THEN CREATE ROLE analytics; END IF;
+END $$;
+SELECT cron.alter_job(jobid, schedule := '0 0 1 1 *') FROM cron.job
+WHERE jobname = 'process-scheduled-publishes';
+-- Another team's jobs: one named like ours, one named like another of ours (pg_cron allows
+-- both: a job is unique by name *and* owner).
+SELECT cron.schedule('nightly-report', '0 0 1 1 *', 'SELECT 1');
+INSERT INTO cron.job (schedule, command, nodename, nodeport, database, username, jobname, active)
+VALUES ('0 0 1 1 *', 'SELECT 1', 'localhost', 5432, current_database(), 'analytics',
+        'nightly-report', false),
+       ('0 0 1 1 *', 'SELECT 1', 'localhost', 5432, current_database(), 'analytics',
+        'process-scheduled-publishes', true);
+"""
+RESET_JOBS = """
+SELECT cron.unschedule(jobid) FROM cron.job;
+SELECT cron.schedule('process-scheduled-publishes', '*/5 * * * *',
+                     $$SELECT process_scheduled_publishes()$$);
+TRUNCATE cron.job_run_details;
+"""
+
+
+def test_same_named_cron_jobs_of_two_owners_are_two_jobs(pg: Cluster) -> None:
+    """pg_cron lets another role use our job's name: both are reported, apart, and the
+    query does not fail on two rows with the same labels (which blinded every cron alert)."""
+    needs(pg, "pg_cron")
+    pg.psql(
+        ANALYTICS_JOBS
+        + """
+    INSERT INTO cron.job_run_details (jobid, job_pid, database, username, command, status,
+                                      return_message, start_time, end_time)
+    SELECT jobid, 1, database, username, 'SELECT 1',
+           CASE WHEN username = 'analytics' THEN 'failed' ELSE 'succeeded' END,
+           CASE WHEN username = 'analytics' THEN 'ERROR: theirs' ELSE 'SELECT 1' END,
+           now() - interval '2 minutes', now() - interval '2 minutes' + interval '1 second'
+    FROM cron.job;
+    """,
+        database=CMS,
+    )
+    try:
+        v = values(pg, CMS, "cron_jobs")
+        assert v.labels("homepage_cron_job_active") == {
+            ("process-scheduled-publishes", "postgres"),
+            ("process-scheduled-publishes", "analytics"),
+            ("nightly-report", "postgres"),
+            ("nightly-report", "analytics"),
+        }
+        ours = {"jobname": "process-scheduled-publishes", "username": "postgres"}
+        theirs = {"jobname": "process-scheduled-publishes", "username": "analytics"}
+        assert v("homepage_cron_job_last_run_success", **ours) == 1
+        assert v("homepage_cron_job_last_run_success", **theirs) == 0
+        assert v("homepage_cron_job_active", jobname="nightly-report", username="analytics") == 0
+        assert v.labels("homepage_cron_job_last_run_failure_info") == {
+            ("process-scheduled-publishes", "analytics", "ERROR: theirs"),
+            ("nightly-report", "analytics", "ERROR: theirs"),
+        }
+    finally:
+        pg.psql(RESET_JOBS, database=CMS)
+
+
+HISTORY_ROWS = 3_100_000
+
+
+def test_cron_check_reads_the_newest_runs_by_index_whatever_the_history(pg: Cluster) -> None:
+    """A year of runs of six jobs (pg_cron never purges): the plan walks job_run_details's
+    primary key from the newest run, never the whole table, and the answers are still those
+    of the newest runs (bench/cron_history.py measures the time)."""
+    needs(pg, "pg_cron")
+    pg.psql(
+        """
+    SELECT cron.unschedule(jobid) FROM cron.job;
+    SELECT cron.schedule(name, '0 0 1 1 *', 'SELECT 1')
+    FROM unnest(ARRAY['process-scheduled-publishes', 'a', 'b', 'c', 'd', 'e']) AS name;
+    TRUNCATE cron.job_run_details;
+    """,
+        database=CMS,
+    )
+    try:
+        # Oldest first, as pg_cron writes them: six jobs in turn, one run a minute each; the
+        # CMS's job failed once, long ago.
+        pg.psql(
+            f"""
+        INSERT INTO cron.job_run_details (jobid, job_pid, database, username, command, status,
+                                          return_message, start_time, end_time)
+        SELECT j.jobids[1 + g % 6], 1, 'cms', 'postgres', 'SELECT 1',
+               CASE WHEN g = 6 THEN 'failed' ELSE 'succeeded' END, 'SELECT 1',
+               now() - (({HISTORY_ROWS} - g) / 6 + 2) * interval '1 minute',
+               now() - (({HISTORY_ROWS} - g) / 6 + 2) * interval '1 minute' + interval '1 second'
+        FROM generate_series(1, {HISTORY_ROWS}) AS g,
+             (SELECT array_agg(jobid ORDER BY jobname DESC) AS jobids FROM cron.job) AS j;
+        -- The newest run of the CMS's job failed a moment ago.
+        INSERT INTO cron.job_run_details (jobid, job_pid, database, username, command, status,
+                                          return_message, start_time, end_time)
+        SELECT jobid, 1, 'cms', 'postgres', 'SELECT 1', 'failed', 'ERROR: newest',
+               now() - interval '30 seconds', now() - interval '27 seconds'
+        FROM cron.job WHERE jobname = 'process-scheduled-publishes';
+        ANALYZE cron.job_run_details;
+        """,
+            database=CMS,
+        )
+        plan = asyncio.run(_plan(pg, shipped("cron_jobs").sql))
+        scans = _scans(plan[0]["Plan"])
+        assert ("Seq Scan", "job_run_details") not in scans, scans
+        assert ("Index Scan Backward", "job_run_details") in scans, scans
+        v = values(pg, CMS, "cron_jobs")
+        ours = {"jobname": "process-scheduled-publishes", "username": "postgres"}
+        assert v("homepage_cron_job_last_run_success", **ours) == 0
+        assert approx(v("homepage_cron_job_last_run_duration_seconds", **ours), 3, 0.001)
+        assert v("homepage_cron_job_failed_runs_last_hour", **ours) == 1
+        assert v.labels("homepage_cron_job_last_run_failure_info") == {
+            ("process-scheduled-publishes", "postgres", "ERROR: newest")
+        }
+        for other in "abcde":
+            assert v("homepage_cron_job_last_run_success", jobname=other, username="postgres") == 1
+            started = v("homepage_cron_job_last_run_start_timestamp_seconds", jobname=other,
+                        username="postgres")  # fmt: skip
+            assert started is not None
+            assert time.time() - started < 5 * 60
+    finally:
+        pg.psql(RESET_JOBS, database=CMS)
+
+
+async def _plan(pg: Cluster, sql: str) -> list[dict[str, Any]]:
+    conn = await asyncpg.connect(exporter_dsn(pg, CMS))
+    try:
+        text = await conn.fetchval(f"EXPLAIN (FORMAT JSON) {sql}")
+    finally:
+        await conn.close()
+    plan: list[dict[str, Any]] = json.loads(text) if isinstance(text, str) else text
+    return plan
+
+
+def _scans(node: dict[str, Any]) -> set[tuple[str, str]]:
+    found = set()
+    if "Relation Name" in node:
+        direction = " Backward" if node.get("Scan Direction") == "Backward" else ""
+        found.add((f"{node['Node Type']}{direction}", str(node["Relation Name"])))
+    for child in node.get("Plans", []):
+        found |= _scans(child)
+    return found
 
 
 def test_without_pg_cron_and_pg_stat_statements_those_queries_are_skipped(pg: Cluster) -> None:
@@ -754,6 +901,47 @@ def test_a_query_that_starts_after_our_transaction_is_no_negative_duration(
     assert oldest >= 0
 
 
+def test_the_runbooks_maintenance_is_no_runaway_query(pg: Cluster, db: str) -> None:
+    """pg_dump's COPY, VACUUM/ANALYZE and the weekly version cleanup count as maintenance; an
+    application's query on the same tables does not; an open transaction's idle time is read."""
+    pg.psql(SECTIONS, database=db)
+
+    async def scenario() -> Values:
+        dump = await asyncpg.connect(
+            pg.url(database=db), server_settings={"application_name": "pg_dump"}
+        )
+        cleanup = await asyncpg.connect(pg.url(database=db))
+        app = await asyncpg.connect(pg.url(database=db))
+        idle = await asyncpg.connect(pg.url(database=db))
+        try:
+            await idle.execute("BEGIN; SELECT count(*) FROM homepage_sections")
+            running = [
+                asyncio.create_task(dump.fetch(
+                    "COPY (SELECT *, pg_sleep(1.5) FROM homepage_sections LIMIT 1) TO stdout")),
+                asyncio.create_task(cleanup.fetch(
+                    "WITH moved AS (SELECT * FROM section_versions WHERE pg_sleep(1.5) IS NOT NULL)"
+                    " INSERT INTO section_versions_archive (id, section_id, version_number, content,"
+                    " created_at) SELECT id, section_id, version_number, content, created_at FROM moved")),
+            ]  # fmt: skip
+            await asyncio.sleep(0.7)
+            v = await asyncio.to_thread(values, pg, db, "activity")
+            await asyncio.gather(*running)
+            return v
+        finally:
+            for conn in (dump, cleanup, app, idle):
+                await conn.close()
+
+    v = asyncio.run(scenario())
+    assert v("homepage_postgres_active_cms_queries") == 0
+    assert v("homepage_postgres_longest_cms_query_seconds") == 0
+    maintenance = v("homepage_postgres_longest_maintenance_seconds")
+    assert maintenance is not None
+    assert 0.5 <= maintenance < 5
+    idle_for = v("homepage_postgres_idle_in_transaction_seconds")
+    assert idle_for is not None
+    assert 0.5 <= idle_for < 5
+
+
 def test_statements_use_pg13_columns_and_exclude_our_own(pg: Cluster) -> None:
     needs(pg, "pg_stat_statements")
     pg.psql("SELECT pg_stat_statements_reset()", database=CMS)
@@ -770,7 +958,23 @@ def test_statements_use_pg13_columns_and_exclude_our_own(pg: Cluster) -> None:
 
 
 def test_database_counters(pg: Cluster, db: str) -> None:
-    v = values(pg, db, "database")
+    async def hold(n: int) -> tuple[Values, Values]:
+        quiet = await asyncio.to_thread(values, pg, db, "database")
+        pool = [await asyncpg.connect(pg.url(database="postgres")) for _ in range(n)]
+        try:
+            return quiet, await asyncio.to_thread(values, pg, db, "database")
+        finally:
+            for conn in pool:
+                await conn.close()
+
+    quiet, busy = asyncio.run(hold(7))
+    # Connections to every database count (the pool above is in `postgres`), ours too.
+    before = quiet("homepage_postgres_server_connections")
+    assert before is not None
+    assert before >= 1
+    assert busy("homepage_postgres_server_connections") == before + 7
+    assert busy("homepage_postgres_reserved_connections") == 3  # superuser_reserved_connections
+    v = quiet
     assert v("homepage_postgres_max_connections") == 50
     connections = v("homepage_postgres_connections")
     assert connections is not None
@@ -781,6 +985,104 @@ def test_database_counters(pg: Cluster, db: str) -> None:
     size = values(pg, db, "database_size")("homepage_postgres_database_size_bytes")
     assert size is not None
     assert size > 1_000_000
+
+
+def test_transaction_id_age_against_the_freeze_limit(pg: Cluster, db: str) -> None:
+    v = values(pg, db, "wraparound")
+    assert v("homepage_postgres_autovacuum_freeze_max_age") == 200_000_000
+    oldest = int(pg.psql("SELECT max(age(datfrozenxid)) FROM pg_database"))
+    xid_age = v("homepage_postgres_xid_age")
+    assert xid_age is not None
+    assert oldest <= xid_age <= oldest + 100
+    mxid = v("homepage_postgres_multixact_age")
+    assert mxid is not None
+
+
+def test_an_inactive_slot_retains_the_wal_written_since(pg: Cluster, db: str) -> None:
+    slot = f"gone_standby_{db}"
+    pg.psql(f"SELECT pg_create_physical_replication_slot('{slot}', true)")
+    try:
+        pg.psql(
+            "CREATE TABLE filler AS SELECT g, repeat('x', 200) AS pad"
+            " FROM generate_series(1, 20000) g",
+            database=db,
+        )
+        v = values(pg, db, "replication_slots")
+        assert v("homepage_postgres_replication_slot_active", slot=slot, slot_type="physical") == 0
+        retained = v(
+            "homepage_postgres_replication_slot_retained_wal_bytes", slot=slot, slot_type="physical"
+        )
+        assert retained is not None
+        assert retained > 4_000_000  # 20,000 rows of 200 bytes and more
+    finally:
+        pg.psql(f"SELECT pg_drop_replication_slot('{slot}')")
+
+
+def test_statistics_are_stale_only_where_rows_changed_since_analyze(pg: Cluster, db: str) -> None:
+    pg.psql(SECTIONS, database=db)
+    pg.psql_file_text("ANALYZE homepage_sections;\nANALYZE section_categories;\n", db)
+    pg.psql("UPDATE homepage_sections SET display_order = 9 WHERE locale = 'en'", database=db)
+    wait_for(
+        lambda: (
+            values(pg, db, "table_stats")(
+                "homepage_cms_table_rows_modified_since_analyze", table="homepage_sections"
+            )
+            == 4
+        ),
+        10,
+        "the statistics collector to count the update",
+    )
+    v = values(pg, db, "table_stats")
+    assert v("homepage_cms_table_rows_modified_since_analyze", table="section_categories") == 0
+
+
+def test_an_index_being_built_concurrently_is_not_left_invalid(pg: Cluster, db: str) -> None:
+    """CREATE INDEX CONCURRENTLY waits for an older transaction: meanwhile its index is
+    invalid and in pg_stat_progress_create_index, and reported as building."""
+    pg.psql(SECTIONS, database=db)
+
+    async def scenario() -> tuple[Values, Values]:
+        old = await asyncpg.connect(pg.url(database=db))
+        builder = await asyncpg.connect(pg.url(database=db))
+        try:
+            await old.execute(
+                "BEGIN ISOLATION LEVEL REPEATABLE READ; SELECT 1 FROM homepage_sections"
+            )
+            build = asyncio.create_task(
+                builder.execute(
+                    "CREATE INDEX CONCURRENTLY idx_new ON homepage_sections (updated_at)"
+                )
+            )
+            await asyncio.to_thread(
+                wait_for,
+                lambda: pg.psql("SELECT count(*) FROM pg_stat_progress_create_index", database=db)
+                .strip() == "1" and pg.psql(
+                    "SELECT count(*) FROM pg_index WHERE indexrelid = 'idx_new'::regclass"
+                    " AND NOT indisvalid", database=db).strip() == "1",
+                20,
+                "the build to wait for the old transaction",
+            )  # fmt: skip
+            during = await asyncio.to_thread(values, pg, db, "index_usage")
+            await old.execute("ROLLBACK")
+            await build
+            return during, await asyncio.to_thread(values, pg, db, "index_usage")
+        finally:
+            await old.close()
+            await builder.close()
+
+    during, after = asyncio.run(scenario())
+    index = {"index": "idx_new", "table": "homepage_sections"}
+    assert during("homepage_cms_index_valid", **index) == 0
+    assert during("homepage_cms_index_building", **index) == 1
+    assert after("homepage_cms_index_valid", **index) == 1
+    assert after("homepage_cms_index_building", **index) == 0
+    # Left invalid by a failed build (no build in progress): invalid, not building.
+    pg.psql(
+        "UPDATE pg_index SET indisvalid = false WHERE indexrelid = 'idx_new'::regclass", database=db
+    )
+    failed = values(pg, db, "index_usage")
+    assert failed("homepage_cms_index_valid", **index) == 0
+    assert failed("homepage_cms_index_building", **index) == 0
 
 
 def test_every_shipped_query_has_an_answer_test() -> None:
@@ -909,6 +1211,14 @@ def test_wal_archiving_progress_failures_and_pending_segments() -> None:
             "a segment to be archived",
         )
         ok = values(cluster, CMS, "wal_archiving")
+        # The archive ends at the end of the switched segment, at most a segment behind.
+        archived_end = ok("homepage_postgres_wal_archived_position_bytes")
+        written = ok("homepage_postgres_wal_position_bytes")
+        assert archived_end is not None
+        assert written is not None
+        assert archived_end % (16 * 1024 * 1024) == 0
+        assert 0 <= written - archived_end < 16 * 1024 * 1024
+        assert ok("homepage_postgres_archive_timeout_seconds") == 0
         assert ok("homepage_postgres_wal_archiving_enabled") == 1
         assert (ok("homepage_postgres_wal_archived_total") or 0) >= 1
         assert ok("homepage_postgres_wal_archive_failures_total") == 0
@@ -930,6 +1240,11 @@ def test_wal_archiving_progress_failures_and_pending_segments() -> None:
             "an archive attempt to fail",
         )
         failing = values(cluster, CMS, "wal_archiving")
+        position = failing("homepage_postgres_wal_position_bytes")
+        archived = failing("homepage_postgres_wal_archived_position_bytes")
+        assert position is not None
+        assert archived is not None
+        assert position > archived  # written and not archived
         assert (failing("homepage_postgres_wal_archive_failures_total") or 0) >= 1
         assert (failing("homepage_postgres_wal_segments_pending_archive") or 0) >= 1
         failed_at = failing("homepage_postgres_wal_last_archive_failure_timestamp_seconds")
@@ -945,3 +1260,7 @@ def test_without_archiving_nothing_is_pending(pg: Cluster, db: str) -> None:
     assert v("homepage_postgres_wal_archiving_enabled") == 0
     assert v("homepage_postgres_wal_archived_total") == 0
     assert v("homepage_postgres_wal_segments_pending_archive") is None
+    assert v("homepage_postgres_wal_archived_position_bytes") is None
+    position = v("homepage_postgres_wal_position_bytes")
+    assert position is not None
+    assert position > 0
