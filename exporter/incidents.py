@@ -252,12 +252,17 @@ def load_thresholds(path: Path = QUICKREF) -> dict[str, Any]:
 # --- the definitions ---------------------------------------------------------------------------
 
 W, C = Severity.WARNING, Severity.CRITICAL
-CMS_CRON_JOB = Threshold("cms_cron_job")  # a name, not a number: read with `cron_job_name`
 RENDER = "homepage_render"
 
 
 def cron_job_name(thresholds: Mapping[str, Any]) -> str:
-    return str(thresholds[CMS_CRON_JOB.key])
+    """The CMS's pg_cron job (a name, not a number, in alerts/thresholds.yaml)."""
+    return str(thresholds["cms_cron_job"])
+
+
+def cron_job_owner(thresholds: Mapping[str, Any]) -> str:
+    """The role that owns it: pg_cron lets another role use the same job name."""
+    return str(thresholds["cms_cron_owner"])
 
 
 def _tiered(
@@ -306,9 +311,9 @@ NEWEST_FAILURE = _named(
 )
 
 
-def incidents(cms_cron_job: str) -> list[Incident]:
+def incidents(cms_cron_job: str, cms_cron_owner: str) -> list[Incident]:
     """Every incident, in the order of the runbook's triage (P1, P2, P3)."""
-    job = (("jobname", cms_cron_job),)
+    job = (("jobname", cms_cron_job), ("username", cms_cron_owner))
     return [
         # --- P1: homepage not loading --------------------------------------------------------
         Incident(
@@ -521,7 +526,7 @@ def incidents(cms_cron_job: str) -> list[Incident]:
             " {{ $value | humanizeDuration }} ago. Check that the pg_cron scheduler is running"
             " (cron.database_name, the server log).",
             also=Signal("homepage_cron_job_active", Op.EQ, 1),
-            on=("jobname",),
+            on=("jobname", "username"),
             for_="5m",
         ),
         Incident(
@@ -563,10 +568,12 @@ def incidents(cms_cron_job: str) -> list[Incident]:
             Priority.P3,
             "",
             "database",
-            Signal("homepage_postgres_long_running_cms_queries", Op.GE, 1),
+            # pg_dump, VACUUM, ANALYZE and the weekly cleanup are maintenance: not counted.
+            Signal("homepage_postgres_longest_cms_query_seconds", Op.GT, 300),
             "A CMS query has run for over 5 minutes.",
-            "{{ $value }} queries on CMS tables have run for more than 5 minutes on"
-            " {{ $labels.instance }}. Find them in pg_stat_activity before terminating anything.",
+            "A query on CMS tables has run for {{ $value | humanizeDuration }} on"
+            " {{ $labels.instance }}. Find it in pg_stat_activity before terminating anything.",
+            for_="2m",
         ),
         Incident(
             "PostgresBlockedQueries",
@@ -611,7 +618,8 @@ def incidents(cms_cron_job: str) -> list[Incident]:
             "{{ $labels.table }} on {{ $labels.instance }} was last analyzed"
             " {{ $value | humanizeDuration }} ago. Run ANALYZE {{ $labels.table }} and check the"
             " daily statistics job.",
-            also=Signal("homepage_cms_table_live_rows", Op.GT, 0),
+            # Only where rows changed since: an unchanged table's statistics are still true.
+            also=Signal("homepage_cms_table_rows_modified_since_analyze", Op.GT, 0),
             on=("table",),
             for_="1h",
         ),
@@ -637,7 +645,9 @@ def incidents(cms_cron_job: str) -> list[Incident]:
             "A CMS index is invalid.",
             "Index {{ $labels.index }} on {{ $labels.table }} ({{ $labels.instance }}) is invalid,"
             " usually left by a failed CREATE INDEX CONCURRENTLY. Drop it and create it again.",
-            unless=Signal("homepage_cms_index_present", Op.EQ, 0),  # missing, not invalid
+            # Missing is not invalid; an index being built concurrently is invalid until done.
+            also=Signal("homepage_cms_index_building", Op.EQ, 0),
+            unless=Signal("homepage_cms_index_present", Op.EQ, 0),
             on=("index", "table"),
             for_="15m",
         ),
@@ -647,4 +657,4 @@ def incidents(cms_cron_job: str) -> list[Incident]:
 def shipped(thresholds: Mapping[str, Any] | None = None) -> list[Incident]:
     """The incidents with the package's thresholds (the cron job's name is one of them)."""
     t = load_thresholds() if thresholds is None else thresholds
-    return incidents(cron_job_name(t))
+    return incidents(cron_job_name(t), cron_job_owner(t))

@@ -22,11 +22,10 @@ from exporter.durations import format_duration
 from exporter.incidents import (
     Firing,
     Incident,
-    cron_job_name,
     evaluate,
-    incidents,
     load_thresholds,
     samples_of,
+    shipped,
 )
 from exporter.snapshot import Snapshot
 from exporter.store import Coalesced, TargetStore
@@ -261,7 +260,7 @@ class StatusPage:
         self._clock = clock
         self._runbook_url, self._checks = load_checks(quickref)
         self._thresholds = load_thresholds(quickref)
-        self._incidents = incidents(cron_job_name(self._thresholds))
+        self._incidents = shipped(self._thresholds)
         self.renders = 0
         self.body = b""
         self.render = Coalesced(self.render_now)

@@ -74,7 +74,13 @@ def _minutes(duration: str) -> int:
 # choices (bloat floor, 7-day success rate...) come from the thresholds file.
 EPS = 0.001
 GIB = 1024**3
+JOB = f'jobname="{T.cms_cron_job}", username="{T.cms_cron_owner}"'
 EDGES: list[Edge] = [
+    Edge("HomepageRenderEmpty", "critical", 'homepage_render_sections{locale="en", role="anon"}',
+         0, 1, constant={'homepage_sections_live{locale="en"}': 3,
+                         'homepage_sections_visible_to_anon{locale="en"}': 3}),
+    Edge("HomepageContentHidden", "critical",
+         'homepage_render_sections_without_content{locale="en", role="anon"}', 1, 0),
     Edge("HomepageSlowQuery", "warning", 'homepage_render_duration_seconds{locale="en"}',
          0.5 + EPS, 0.5, runbook_for="5m"),
     Edge("HomepageSlowQuery", "critical", 'homepage_render_duration_seconds{locale="en"}',
@@ -88,12 +94,12 @@ EDGES: list[Edge] = [
     Edge("HighPublishFailureRate", "critical", "homepage_publish_failures_last_hour",
          6, 5, runbook_for="10m"),
     Edge("HomepageCronJobSlow", "warning",
-         f'homepage_cron_job_last_run_duration_seconds{{jobname="{T.cms_cron_job}"}}',
+         f'homepage_cron_job_last_run_duration_seconds{{{JOB}}}',
          T.cron_run_seconds + EPS, T.cron_run_seconds),
     Edge("HomepageCronJobNotRunning", "warning",
-         f'homepage_cron_job_last_run_start_timestamp_seconds{{jobname="{T.cms_cron_job}"}}',
+         f'homepage_cron_job_last_run_start_timestamp_seconds{{{JOB}}}',
          T.cron_gap_seconds + 1, T.cron_gap_seconds - 1, kind=AGE,
-         constant={f'homepage_cron_job_active{{jobname="{T.cms_cron_job}"}}': 1}),
+         constant={f'homepage_cron_job_active{{{JOB}}}': 1}),
     Edge("MediaStorageHigh", "warning", "homepage_media_storage_percent",
          80 + EPS, 80, runbook_for="1h"),
     Edge("MediaStorageHigh", "critical", "homepage_media_storage_percent",
@@ -135,8 +141,9 @@ EDGES: list[Edge] = [
     Edge("HomepageTableStatisticsStale", "warning",
          'homepage_cms_table_last_analyzed_timestamp_seconds{table="section_versions"}',
          T.statistics_age_seconds + 1, T.statistics_age_seconds - 1, kind=AGE,
-         constant={'homepage_cms_table_live_rows{table="section_versions"}': 10}),
-    Edge("HomepageLongRunningQuery", "warning", "homepage_postgres_long_running_cms_queries", 1, 0),
+         constant={'homepage_cms_table_rows_modified_since_analyze{table="section_versions"}': 10}),
+    Edge("HomepageLongRunningQuery", "warning", "homepage_postgres_longest_cms_query_seconds",
+         300 + EPS, 300),
     Edge("PostgresBlockedQueries", "warning", "homepage_postgres_blocked_queries", 1, 0),
     Edge("HomepagePublishSuccessRateLow", "warning",
          'homepage_section_schedules_processed_7d{status="completed"}',

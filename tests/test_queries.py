@@ -227,7 +227,7 @@ def test_a_policy_that_hides_the_homepage_from_anon_reads_zero(pg: Cluster, db: 
     # The exporter's own view is unchanged: the sections are live, the public cannot see them.
     assert values(pg, db, "sections")("homepage_sections_live", locale="en") == 3
     render = values(pg, db, "homepage_render")
-    assert render("homepage_render_sections", locale="en") == 0
+    assert render("homepage_render_sections", locale="en", role="anon") == 0
 
 
 def test_render_times_each_locale_separately(pg: Cluster, db: str) -> None:
@@ -244,20 +244,20 @@ def test_render_times_each_locale_separately(pg: Cluster, db: str) -> None:
         WHERE hs.locale = p_locale AND hs.is_active AND hs.status = 'published';
     END
     $$;
-    GRANT EXECUTE ON FUNCTION get_homepage_content(text) TO anon;
+    GRANT EXECUTE ON FUNCTION get_homepage_content(text) TO anon, authenticated;
     """,
         database=db,
     )
     v = values(pg, db, "homepage_render", locales="de,en,it")
-    de = v("homepage_render_duration_seconds", locale="de")
-    en = v("homepage_render_duration_seconds", locale="en")
+    de = v("homepage_render_duration_seconds", locale="de", role="anon")
+    en = v("homepage_render_duration_seconds", locale="en", role="anon")
     assert de is not None
     assert 0.4 <= de < 0.8
     assert en is not None
     assert 0 <= en < 0.1
-    assert v("homepage_render_sections", locale="en") == 3
-    assert v("homepage_render_sections", locale="de") == 0  # kill-switched
-    assert v("homepage_render_sections", locale="it") == 1
+    assert v("homepage_render_sections", locale="en", role="anon") == 3
+    assert v("homepage_render_sections", locale="de", role="anon") == 0  # kill-switched
+    assert v("homepage_render_sections", locale="it", role="anon") == 1
 
 
 def test_render_time_covers_every_column_of_an_inlinable_function(pg: Cluster, db: str) -> None:
@@ -268,7 +268,7 @@ def test_render_time_covers_every_column_of_an_inlinable_function(pg: Cluster, d
         + """
     CREATE FUNCTION slow_block(p_id uuid) RETURNS jsonb LANGUAGE plpgsql STABLE AS $$
     BEGIN PERFORM pg_sleep(0.1); RETURN jsonb_build_object('id', p_id); END $$;
-    GRANT EXECUTE ON FUNCTION slow_block(uuid) TO anon;
+    GRANT EXECUTE ON FUNCTION slow_block(uuid) TO anon, authenticated;
     DROP FUNCTION get_homepage_content(text);
     CREATE FUNCTION get_homepage_content(p_locale text)
     RETURNS TABLE (section_id uuid, section_key text, content jsonb)
@@ -276,7 +276,7 @@ def test_render_time_covers_every_column_of_an_inlinable_function(pg: Cluster, d
       SELECT hs.id, hs.section_key, public.slow_block(hs.id) FROM public.homepage_sections hs
       WHERE hs.locale = p_locale AND hs.is_active AND hs.status = 'published'
     $$;
-    GRANT EXECUTE ON FUNCTION get_homepage_content(text) TO anon;
+    GRANT EXECUTE ON FUNCTION get_homepage_content(text) TO anon, authenticated;
     """,
         database=db,
     )
@@ -288,10 +288,10 @@ def test_render_time_covers_every_column_of_an_inlinable_function(pg: Cluster, d
     )
     assert float(counted) < 0.1
     v = values(pg, db, "homepage_render", locales="en")
-    render = v("homepage_render_duration_seconds", locale="en")
+    render = v("homepage_render_duration_seconds", locale="en", role="anon")
     assert render is not None
     assert 0.3 <= render < 1.0  # three live sections, 0.1 s each
-    assert (v("homepage_render_bytes", locale="en") or 0) > 100
+    assert (v("homepage_render_bytes", locale="en", role="anon") or 0) > 100
 
 
 def test_a_missing_render_function_fails_the_query(pg: Cluster, db: str) -> None:

@@ -194,7 +194,7 @@ def test_a_running_exporter_sees_the_cron_job_and_statements(
     assert scrape.get("homepage_cron_job_last_run_duration_seconds", **job) == pytest.approx(1)
     assert scrape.all("homepage_statement_calls_total"), "no pg_stat_statements figures"
     assert scrape.get("homepage_sections_visible_to_anon", locale="en") == 2
-    assert scrape.get("homepage_render_sections", locale="en") == 2
+    assert scrape.get("homepage_render_sections", locale="en", role="anon") == 2
 
 
 # --- writes: refused by the role, whatever it tries ----------------------------------------------

@@ -17,15 +17,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
-from exporter.triage.drilldown import QUERY_PREFIX_CHARS
 from exporter.demo.cluster import Cluster, free_port
 from exporter.demo.database import sql_file
+from exporter.triage.drilldown import QUERY_PREFIX_CHARS
 from tests.conftest import CMS, exporter_dsn
 from tests.harness import wait_for
-from tests.test_alert_quality import BENIGN, INCIDENTS, Scenario, build, quality_cluster
-from tests.test_alert_quality import DATABASE as QUALITY_DB
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parent.parent
@@ -112,7 +109,9 @@ def test_p1_b_a_policy_that_hides_the_homepage_from_the_public(pg: Cluster, home
     code, data = report(pg, homepage)
     assert code == 3
     b = finding(data, "P1", "B")
-    assert b["title"] == "anon sees no section for de, en, fr: a row level security policy hides them"
+    assert (
+        b["title"] == "anon sees no section for de, en, fr: a row level security policy hides them"
+    )
     assert [f["alert"] for f in data["findings"]] == ["HomepageInvisibleToPublic"]  # one diagnosis
     policies = {r["policy"]: r for r in b["rows"]}
     assert (
@@ -346,10 +345,9 @@ def test_with_a_targets_file_target_picks_the_database(
     assert "triage: --target names one of the targets file's targets: eu, empty" in neither[2]
 
 
-# --- the alert-quality scenarios: a routine CMS day, and each runbook incident ---------------
+# What triage must say of each incident scenario of the alert-quality suite: exit code, and the
+# runbook path it names (held in tests/test_incident_agreement.py).
 
-quality = pytest.fixture(scope="module", name="quality")(quality_cluster)
-# What triage must say of each incident scenario: exit code, and the runbook path it names.
 TRIAGE_OF = {
     "P1 path A: the kill switch left on": (3, "P1", "A"),
     "P1 path B: an RLS policy hides the homepage": (3, "P1", "B"),
@@ -360,41 +358,6 @@ TRIAGE_OF = {
     "P3: a runaway query and a bloated table": (1, "P3", "A"),
     "The database is unreachable": (4, "", ""),
 }
-
-
-def triage_of(cluster: Cluster, scenario: Scenario) -> tuple[int, dict[str, Any] | None]:
-    build(cluster, scenario)
-    try:
-        code, out, _ = run(exporter_dsn(cluster, QUALITY_DB), "--json", locales="en,de")
-    finally:
-        if scenario.stop_database:
-            cluster.start()
-    return code, json.loads(out) if out.startswith("{") else None
-
-
-@pytest.mark.parametrize("scenario", BENIGN, ids=lambda s: s.name)
-def test_an_ordinary_cms_day_is_no_incident(quality: Cluster, scenario: Scenario) -> None:
-    """The same routine states the alerts are held to: triage must not cry wolf either."""
-    code, data = triage_of(quality, scenario)
-    assert data is not None
-    assert code == 0, json.dumps(data["findings"], indent=1)[:3000]
-    assert data["verdict"] == "no incident"
-
-
-@pytest.mark.parametrize(
-    "scenario", [s for s in INCIDENTS if s.name in TRIAGE_OF], ids=lambda s: s.name
-)
-def test_each_runbook_incident_gets_its_verdict_and_path(
-    quality: Cluster, scenario: Scenario
-) -> None:
-    code, data = triage_of(quality, scenario)
-    expected_code, severity, path = TRIAGE_OF[scenario.name]
-    assert code == expected_code, data
-    assert data is not None
-    if severity:
-        finding(data, severity, path)
-    else:
-        assert data["unreachable"]
 
 
 # --- the states of issue #18: verdicts that match the runbook, statements safe to paste -------
@@ -440,7 +403,8 @@ def test_failed_publishes_of_older_versions_are_never_requeued(pg: Cluster, home
     code, data = report(pg, homepage)
     assert code == 2, data
     b = finding(data, "P2", "B")
-    assert b["alert"] == "HighPublishFailureRate" and b["alert_severity"] == "warning"
+    assert b["alert"] == "HighPublishFailureRate"
+    assert b["alert_severity"] == "warning"
     assert len(b["rows"]) == 3
     assert not any(s.startswith("UPDATE section_schedules") for s in b["statements"])
     assert "nothing to re-queue" in b["next_step"]
@@ -486,7 +450,8 @@ def test_three_slow_locales_are_slow_not_down(pg: Cluster, homepage: str) -> Non
     code, data = report(pg, homepage)
     assert code == 1, data["verdict"]
     slow = finding(data, "P3", "")
-    assert slow["alert"] == "HomepageSlowQuery" and slow["alert_severity"] == "critical"
+    assert slow["alert"] == "HomepageSlowQuery"
+    assert slow["alert_severity"] == "critical"
     assert {r["locale"] for r in slow["rows"] if "render_seconds" in r} == {"en", "de", "fr"}
     assert data["failed_checks"] == {}
 
@@ -499,8 +464,11 @@ def test_someone_elses_slow_query_is_no_cms_incident(pg: Cluster, homepage: str)
     )
     try:
         wait_for(
-            lambda: "analytics" in pg.psql(
-                "SELECT query FROM pg_stat_activity WHERE state = 'active'", database=homepage
+            lambda: (
+                "analytics"
+                in pg.psql(
+                    "SELECT query FROM pg_stat_activity WHERE state = 'active'", database=homepage
+                )
             ),
             10,
             "the analytics query to run",
@@ -527,12 +495,14 @@ def test_a_failed_check_does_not_hide_a_p2(pg: Cluster, homepage: str) -> None:
     )
     try:
         wait_for(
-            lambda: pg.psql(
-                "SELECT count(*) FROM pg_locks WHERE granted AND mode = 'AccessExclusiveLock'"
-                " AND relation = 'media_assets'::regclass",
-                database=homepage,
-            ).strip()
-            == "1",
+            lambda: (
+                pg.psql(
+                    "SELECT count(*) FROM pg_locks WHERE granted AND mode = 'AccessExclusiveLock'"
+                    " AND relation = 'media_assets'::regclass",
+                    database=homepage,
+                ).strip()
+                == "1"
+            ),
             10,
             "the lock to be held",
         )

@@ -13,7 +13,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 from exporter.db import Database
-from exporter.incidents import Firing, cron_job_name
+from exporter.incidents import Firing, cron_job_name, cron_job_owner
 from exporter.triage.report import Finding, human_age
 
 MAX_ROWS = 20
@@ -349,9 +349,10 @@ async def publish_failures(ctx: Context, firing: Firing) -> Finding:
 
 async def _cron_job(ctx: Context) -> list[dict[str, Any]]:
     return await ctx.rows(
-        "SELECT jobid, jobname, schedule, active FROM homepage_exporter.cron_job"
-        " WHERE jobname = $1 ORDER BY jobid",
+        "SELECT jobid, jobname, username, schedule, active FROM homepage_exporter.cron_job"
+        " WHERE jobname = $1 AND username = $2 ORDER BY jobid",
         cron_job_name(ctx.thresholds),
+        cron_job_owner(ctx.thresholds),
     )
 
 

@@ -145,7 +145,7 @@ def alerts(t: Thresholds) -> list[Alert]:
     job = t.exporter_job
     out: list[Alert] = [
         # --- the runbook's incidents (P1, P2, P3): defined once, in exporter/incidents.py ---
-        *(incident_alert(i, t) for i in incidents(t.cms_cron_job)),
+        *(incident_alert(i, t) for i in incidents(t.cms_cron_job, t.cms_cron_owner)),
         # --- capacity -----------------------------------------------------------------------
         *_tiered(
             "MediaStorageHigh",
