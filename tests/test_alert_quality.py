@@ -220,6 +220,25 @@ INCIDENTS = [
              'ALTER POLICY "Published sections viewable by everyone" ON homepage_sections'
              " TO authenticated;",
              frozenset({("HomepageInvisibleToPublic", "critical")}), within=5),
+    Scenario("P1 path C: a migration breaks the render function's filter", "incident", """
+        CREATE OR REPLACE FUNCTION get_homepage_content(p_locale text)
+        RETURNS TABLE (section_id uuid, section_key text, section_type text,
+          display_order integer, version_number integer, content jsonb, products jsonb,
+          categories jsonb)
+        LANGUAGE sql STABLE SET search_path = public, pg_temp AS $$
+          SELECT hs.id, hs.section_key, hs.section_type, hs.display_order, NULL::integer,
+                 NULL::jsonb, '[]'::jsonb, '[]'::jsonb
+          FROM homepage_sections hs WHERE hs.locale = p_locale AND hs.status = 'draft'
+        $$;""",
+             frozenset({("HomepageRenderEmpty", "critical")}), within=5),
+    Scenario("P1 path B: the versions' read policy narrowed to signed-in users", "incident",
+             'ALTER POLICY "Published versions viewable by everyone" ON section_versions'
+             " TO authenticated;",
+             frozenset({("HomepageContentHidden", "critical")}), within=5),
+    Scenario("P1: signed-in customers get an empty homepage", "incident",
+             'ALTER POLICY "Published sections viewable by everyone" ON homepage_sections'
+             " TO anon;",
+             frozenset({("HomepageRenderEmpty", "critical")}), within=5),
     Scenario("P1 path C: get_homepage_content() is gone", "incident",
              "DROP FUNCTION get_homepage_content(text) CASCADE;",
              frozenset({("HomepageRenderFailing", "critical"), ("HomepageCheckBlind", "critical"),
