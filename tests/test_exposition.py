@@ -14,8 +14,13 @@ from prometheus_client.openmetrics.parser import (
 from prometheus_client.parser import text_string_to_metric_families as parse_text
 
 from exporter.config import Metric
-from exporter.exposition import Fragment, Page, to_client_families
-from exporter.http import accepts_gzip, wants_openmetrics
+from exporter.exposition import (
+    Fragment,
+    Page,
+    accepts_gzip,
+    to_client_families,
+    wants_openmetrics,
+)
 from exporter.mapping import Family, Sample
 from exporter.schema import MetricType
 

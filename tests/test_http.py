@@ -8,7 +8,7 @@ from collections.abc import Awaitable, Callable
 
 import pytest
 
-from exporter import http
+from exporter import guard
 from exporter.config import load_config
 from exporter.demo.cluster import free_port
 from exporter.http import HttpServer
@@ -124,7 +124,7 @@ def test_bad_requests_get_a_status_and_a_closed_connection(
 def test_a_client_that_never_finishes_its_head_is_cut_off(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(http, "HEAD_TIMEOUT_SECONDS", 0.3)
+    monkeypatch.setattr(guard, "HEAD_TIMEOUT_SECONDS", 0.3)
 
     async def scenario(port: int) -> None:
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
