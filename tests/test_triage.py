@@ -426,7 +426,11 @@ def test_a_newer_failed_version_is_requeued_and_goes_live(pg: Cluster, homepage:
     pg.psql(statement, database=homepage)
     pg.psql("SELECT * FROM process_scheduled_publishes()", database=homepage)
     now_live = int(pg.psql(LIVE_VERSION, database=homepage))
-    assert now_live == live + 3
+    newest = pg.psql(
+        f"SELECT max(version_number) FROM section_versions WHERE section_id = {HERO}",
+        database=homepage,
+    )
+    assert now_live == int(newest) > live
     # The two older failures still count for the hour, but nothing is offered again.
     code, data = report(pg, homepage)
     assert code == 2
