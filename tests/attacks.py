@@ -7,7 +7,9 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import os
 import socket
+import ssl
 import time
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
@@ -16,7 +18,7 @@ from typing import Any
 
 import bcrypt
 
-from tests.harness import Exporter
+from tests.harness import Exporter, self_signed_cert
 
 Attack = Callable[[int], Coroutine[Any, Any, None]]
 NOWHERE = "postgresql://nobody@127.0.0.1:1/none"  # refused at once: no database needed here
@@ -27,16 +29,30 @@ def basic(user: str, password: str) -> str:
     return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
 
 
-def start(tmp: Path, *, password: str | None = None, wrapper: tuple[str, ...] = ()) -> Exporter:
-    """The exporter with no database behind it, with basic auth for USER when `password`."""
+def start(
+    tmp: Path, *, password: str | None = None, wrapper: tuple[str, ...] = (), tls: bool = False
+) -> Exporter:
+    """The exporter with no database behind it, with basic auth for USER when `password`,
+    serving TLS (a throwaway certificate; `Exporter.context` trusts it) when `tls`."""
     env = {"HOMEPAGE_EXPORTER_DATABASE_URL": NOWHERE, "HOMEPAGE_EXPORTER_CONNECT_TIMEOUT": "1s"}
     headers = {}
+    web = ""
     if password is not None:
         hashed = bcrypt.hashpw(password.encode(), bcrypt.gensalt(rounds=10)).decode()
-        (tmp / "web.yml").write_text(f"basic_auth_users:\n  {USER}: '{hashed}'\n")
-        env["HOMEPAGE_EXPORTER_WEB_CONFIG_FILE"] = str(tmp / "web.yml")
+        web += f"basic_auth_users:\n  {USER}: '{hashed}'\n"
         headers["Authorization"] = basic(USER, password)
-    return Exporter(env, ("run",), headers=headers, wrapper=wrapper).wait_healthy()
+    context = None
+    if tls:
+        cert, key = self_signed_cert(tmp, "127.0.0.1")
+        web += f"tls_server_config:\n  cert_file: {cert}\n  key_file: {key}\n"
+        context = ssl.create_default_context(cafile=str(cert))
+    if web:
+        (tmp / "web.yml").write_text(web)
+        env["HOMEPAGE_EXPORTER_WEB_CONFIG_FILE"] = str(tmp / "web.yml")
+    scheme = "https" if tls else "http"
+    return Exporter(
+        env, ("run",), scheme=scheme, context=context, headers=headers, wrapper=wrapper
+    ).wait_healthy()
 
 
 def rss_mb(pid: int) -> float:
@@ -46,9 +62,20 @@ def rss_mb(pid: int) -> float:
     raise AssertionError("no VmRSS")
 
 
-async def scrape_once(port: int, auth: str | None) -> float:
+def open_files(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+async def connect(
+    port: int, tls: ssl.SSLContext | None
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """A connection to the exporter, over TLS (handshake done) when `tls`."""
+    return await asyncio.open_connection("127.0.0.1", port, ssl=tls)
+
+
+async def scrape_once(port: int, auth: str | None, tls: ssl.SSLContext | None = None) -> float:
     started = time.perf_counter()
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    reader, writer = await connect(port, tls)
     extra = f"Authorization: {auth}\r\n" if auth else ""
     writer.write(f"GET /metrics HTTP/1.1\r\nHost: x\r\n{extra}Connection: close\r\n\r\n".encode())
     data = await asyncio.wait_for(reader.read(), 5)
@@ -65,28 +92,37 @@ class Outcome:
     failures: int
     growth_mb: float  # peak RSS during the attack, over the RSS before it
     after_mb: float  # RSS once the attack ended (up to 5 s later), over the RSS before it
+    peak_files: int  # the most files the exporter had open during the attack
 
     def pct(self, q: float) -> float:
         ordered = sorted(self.latencies)
         return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else float("nan")
 
 
-async def under_attack(pid: int, port: int, attack: Attack, auth: str | None = None) -> Outcome:
-    """Scrape every 100 ms while `attack` runs against `port`."""
+async def under_attack(
+    pid: int,
+    port: int,
+    attack: Attack,
+    auth: str | None = None,
+    tls: ssl.SSLContext | None = None,
+) -> Outcome:
+    """Scrape every 100 ms (over TLS when `tls`) while `attack` runs against `port`."""
     for _ in range(10):  # warm: the first scrapes and query runs allocate for good
-        await scrape_once(port, auth)
+        await scrape_once(port, auth, tls)
     await asyncio.sleep(1)
     before = rss_mb(pid)
     peak = before
+    files = open_files(pid)
     latencies: list[float] = []
     failures = 0
     task = asyncio.create_task(attack(port))
     while not task.done():
         try:
-            latencies.append(await scrape_once(port, auth))
+            latencies.append(await scrape_once(port, auth, tls))
         except (AssertionError, OSError, TimeoutError):
             failures += 1
         peak = max(peak, rss_mb(pid))
+        files = max(files, open_files(pid))
         await asyncio.sleep(0.1)
     await task
     after = rss_mb(pid)
@@ -95,14 +131,14 @@ async def under_attack(pid: int, port: int, attack: Attack, auth: str | None = N
             break
         await asyncio.sleep(0.1)
         after = rss_mb(pid)
-    return Outcome(latencies, failures, peak - before, after - before)
+    return Outcome(latencies, failures, peak - before, after - before, files)
 
 
-async def non_reading_pipeliners(port: int) -> None:
+async def non_reading_pipeliners(port: int, tls: ssl.SSLContext | None = None) -> None:
     """20 connections pipelining GET /metrics for 6 s, never reading an answer."""
     writers = []
     for _ in range(20):
-        _, writer = await asyncio.open_connection("127.0.0.1", port)
+        _, writer = await connect(port, tls)
         writers.append(writer)
     request = b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n" * 200
     deadline = time.monotonic() + 6
@@ -115,9 +151,9 @@ async def non_reading_pipeliners(port: int) -> None:
         writer.transport.abort()
 
 
-def junk_flood(wrong_auth: str) -> Attack:
+def junk_flood(wrong_auth: str, tls: ssl.SSLContext | None = None) -> Attack:
     """30 clients, for 5 s: a wrong password, then endless header bytes and no blank line;
-    reconnecting whenever the server hangs up."""
+    reconnecting (a new TLS handshake each time, with `tls`) whenever the server hangs up."""
 
     async def attack(port: int) -> None:
         deadline = time.monotonic() + 5
@@ -125,7 +161,7 @@ def junk_flood(wrong_auth: str) -> Attack:
         async def one() -> None:
             while time.monotonic() < deadline:  # cut off at 16 KiB, it comes straight back
                 with contextlib.suppress(OSError, TimeoutError):
-                    _, writer = await asyncio.open_connection("127.0.0.1", port)
+                    _, writer = await connect(port, tls)
                     head = f"GET /metrics HTTP/1.1\r\nHost: x\r\nAuthorization: {wrong_auth}\r\n"
                     writer.write(head.encode())
                     while time.monotonic() < deadline and not writer.is_closing():
@@ -145,12 +181,12 @@ def wrong_password(user: str) -> str:
     return basic(user, "wrong")
 
 
-async def slowloris(port: int) -> None:
+async def slowloris(port: int, tls: ssl.SSLContext | None = None) -> None:
     """1,000 connections sending a byte of a request head every 5 s, for 15 s."""
     writers: list[asyncio.StreamWriter] = []
     for _ in range(1000):
         with contextlib.suppress(OSError):
-            _, writer = await asyncio.open_connection("127.0.0.1", port)
+            _, writer = await connect(port, tls)
             writer.write(b"G")
             writers.append(writer)
     for _ in range(3):  # a byte every 5 s keeps a naive deadline from ever firing
@@ -162,17 +198,36 @@ async def slowloris(port: int) -> None:
         writer.transport.abort()
 
 
-async def idle_connections(port: int) -> None:
-    """2,500 connections that send nothing, held for 4 s."""
+async def idle_connections(port: int, count: int = 2500, first: bytes = b"") -> None:
+    """`count` connections that send nothing (or only `first`), held for 4 s. Against a TLS
+    port, connections that never start their handshake."""
 
     def connect_all() -> list[socket.socket]:
         sockets = []
-        for _ in range(2500):
+        for _ in range(count):
             with contextlib.suppress(OSError):
-                sockets.append(socket.create_connection(("127.0.0.1", port), timeout=2))
+                sock = socket.create_connection(("127.0.0.1", port), timeout=2)
+                sockets.append(sock)
+                if first:
+                    sock.sendall(first)
         return sockets
 
     sockets = await asyncio.to_thread(connect_all)  # the scraper's loop keeps running
     await asyncio.sleep(4)
     for sock in sockets:
         sock.close()
+
+
+async def silent_tls_connections(port: int) -> None:
+    """8,000 connections to a TLS port that never start the handshake, held for 4 s."""
+    await idle_connections(port, 8000)
+
+
+# The first bytes of a TLS ClientHello: a handshake record header announcing 512 bytes, and
+# one of them. The server has started a TLS session and waits for the rest.
+HALF_A_CLIENT_HELLO = b"\x16\x03\x01\x02\x00\x01"
+
+
+async def stalled_handshakes(port: int) -> None:
+    """2,000 connections that begin a TLS handshake and stop, held for 4 s."""
+    await idle_connections(port, 2000, HALF_A_CLIENT_HELLO)

@@ -1,9 +1,11 @@
 """Hostile clients and hostile config: the real exporter process, attacked on loopback.
 
-Every attack is bounded in connections and seconds and stops by itself. While each runs, a
-well-behaved client scrapes /metrics every 100 ms: none of its scrapes may fail or take a
-second; the exporter's RSS may grow by less than 50 MB and must come back within 10 MB of
-where it started. Malformed requests get their status line and one log line, no traceback.
+Every attack is bounded in connections and seconds and stops by itself, and runs over plain
+HTTP and over TLS. While each runs, a well-behaved client scrapes /metrics every 100 ms (a
+new TLS handshake each time, over TLS): none of its scrapes may fail or take a second; the
+exporter's RSS may grow by less than 50 MB and must come back within 10 MB of where it
+started; it never holds more files than its connection cap allows. Malformed requests get
+their status line and one log line, no traceback.
 """
 
 from __future__ import annotations
@@ -16,15 +18,18 @@ import resource
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
 
 import pytest
 
 from exporter.demo.cluster import free_port
+from exporter.guard import FILES_RESERVED, MAX_CONNECTIONS
 from tests.attacks import (
     NOWHERE,
     USER,
@@ -32,7 +37,9 @@ from tests.attacks import (
     idle_connections,
     junk_flood,
     non_reading_pipeliners,
+    silent_tls_connections,
     slowloris,
+    stalled_handshakes,
     under_attack,
     wrong_password,
 )
@@ -50,6 +57,7 @@ def assert_unaffected(outcome: Outcome) -> None:
     assert max(outcome.latencies) < 1.0, f"slowest scrape {max(outcome.latencies):.2f}s"
     assert outcome.growth_mb < 50, f"RSS grew {outcome.growth_mb:.0f} MB"
     assert outcome.after_mb < 10, f"RSS stayed {outcome.after_mb:.0f} MB above where it started"
+    assert outcome.peak_files <= MAX_CONNECTIONS + FILES_RESERVED, f"{outcome.peak_files} files"
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -58,61 +66,109 @@ def enough_files_for_the_attacker() -> None:
     resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, 16384)), hard))
 
 
-def start(tmp: Path, *, auth: bool = False, wrapper: tuple[str, ...] = ()) -> Exporter:
-    return start_exporter(tmp, password=PASSWORD if auth else None, wrapper=wrapper)
+def start(
+    tmp: Path, *, auth: bool = False, wrapper: tuple[str, ...] = (), tls: bool = False
+) -> Exporter:
+    return start_exporter(tmp, password=PASSWORD if auth else None, wrapper=wrapper, tls=tls)
+
+
+# Every attack over plain HTTP and over TLS (the web config's tls_server_config).
+over_both = pytest.mark.parametrize("tls", [False, True], ids=["http", "tls"])
 
 
 @pytest.fixture
-def exporter(tmp_path: Path) -> Iterator[Exporter]:
-    process = start(tmp_path)
+def exporter(tmp_path: Path, tls: bool) -> Iterator[Exporter]:
+    process = start(tmp_path, tls=tls)
     yield process
     process.close()
 
 
-async def raw(port: int, data: bytes, timeout: float = 5.0) -> bytes:
-    """Send bytes, read until the server closes (or `timeout`)."""
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+async def raw(
+    port: int, data: bytes, tls: ssl.SSLContext | None = None, timeout: float = 5.0
+) -> bytes:
+    """Send bytes (after a TLS handshake, with `tls`), read until the server closes (or
+    `timeout`, or a TLS connection ends without its close_notify)."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port, ssl=tls)
     writer.write(data)
-    with contextlib.suppress(ConnectionError):
+    with contextlib.suppress(OSError):
         await writer.drain()
+    received = b""
     try:
-        return await asyncio.wait_for(reader.read(), timeout)
-    except (TimeoutError, ConnectionError):
-        return b""
+        async with asyncio.timeout(timeout):
+            while chunk := await reader.read(65536):
+                received += chunk
+    except (TimeoutError, OSError):
+        pass
     finally:
         writer.close()
+    return received
 
 
 # --- resource attacks ------------------------------------------------------------------------
 
 
+@over_both
 def test_pipeliners_that_never_read(exporter: Exporter) -> None:
-    outcome = asyncio.run(under_attack(exporter.proc.pid, exporter.port, non_reading_pipeliners))
+    attack = partial(non_reading_pipeliners, tls=exporter.context)
+    outcome = asyncio.run(
+        under_attack(exporter.proc.pid, exporter.port, attack, tls=exporter.context)
+    )
     assert_unaffected(outcome)
 
 
-def test_unauthenticated_flood_with_junk(tmp_path: Path) -> None:
-    process = start(tmp_path, auth=True)
+@over_both
+def test_unauthenticated_flood_with_junk(tmp_path: Path, tls: bool) -> None:
+    process = start(tmp_path, auth=True, tls=tls)
     try:
-        attack = junk_flood(wrong_password(USER))
-        outcome = asyncio.run(under_attack(process.proc.pid, process.port, attack, GOOD_AUTH))
+        attack = junk_flood(wrong_password(USER), tls=process.context)
+        outcome = asyncio.run(
+            under_attack(process.proc.pid, process.port, attack, GOOD_AUTH, process.context)
+        )
         assert_unaffected(outcome)
     finally:
         process.close()
 
 
-def test_a_thousand_slowloris_connections_with_1024_files(tmp_path: Path) -> None:
+@over_both
+def test_a_thousand_slowloris_connections_with_1024_files(tmp_path: Path, tls: bool) -> None:
     if shutil.which("prlimit") is None:
         pytest.skip("prlimit is not installed")
-    process = start(tmp_path, wrapper=("prlimit", "--nofile=1024:1024"))
+    process = start(tmp_path, wrapper=("prlimit", "--nofile=1024:1024"), tls=tls)
     try:
-        assert_unaffected(asyncio.run(under_attack(process.proc.pid, process.port, slowloris)))
+        attack = partial(slowloris, tls=process.context)
+        outcome = asyncio.run(
+            under_attack(process.proc.pid, process.port, attack, tls=process.context)
+        )
+        assert_unaffected(outcome)
     finally:
         process.close()
 
 
+@over_both
 def test_two_and_a_half_thousand_idle_connections(exporter: Exporter) -> None:
-    outcome = asyncio.run(under_attack(exporter.proc.pid, exporter.port, idle_connections))
+    # Over TLS: connections that never start their handshake.
+    outcome = asyncio.run(
+        under_attack(exporter.proc.pid, exporter.port, idle_connections, tls=exporter.context)
+    )
+    assert_unaffected(outcome)
+
+
+# --- TLS only: before and during the handshake -------------------------------------------------
+
+
+@pytest.mark.parametrize("tls", [True], ids=["tls"])
+def test_eight_thousand_connections_that_never_start_tls(exporter: Exporter) -> None:
+    outcome = asyncio.run(
+        under_attack(exporter.proc.pid, exporter.port, silent_tls_connections, tls=exporter.context)
+    )
+    assert_unaffected(outcome)
+
+
+@pytest.mark.parametrize("tls", [True], ids=["tls"])
+def test_two_thousand_handshakes_that_stall(exporter: Exporter) -> None:
+    outcome = asyncio.run(
+        under_attack(exporter.proc.pid, exporter.port, stalled_handshakes, tls=exporter.context)
+    )
     assert_unaffected(outcome)
 
 
@@ -133,13 +189,14 @@ MALFORMED = [
 ]  # fmt: skip
 
 
+@over_both
 @pytest.mark.parametrize(("request_bytes", "status"), [(r, s) for _, r, s in MALFORMED],
                          ids=[name for name, _, _ in MALFORMED])  # fmt: skip
 def test_malformed_requests_get_their_status_and_no_traceback(
     exporter: Exporter, request_bytes: bytes, status: bytes
 ) -> None:
     for _ in range(20):  # a burst: one line each at most, and never a traceback
-        answer = asyncio.run(raw(exporter.port, request_bytes))
+        answer = asyncio.run(raw(exporter.port, request_bytes, exporter.context))
         assert answer.split(b" ", 2)[1] == status, answer[:200]
     time.sleep(0.2)
     assert "Traceback" not in exporter.logs
