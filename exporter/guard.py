@@ -112,6 +112,11 @@ class ConnectionPool:
     def __len__(self) -> int:
         return len(self._open)
 
+    @property
+    def tls_sessions(self) -> int:
+        """Connections holding a TLS session (handshaking or open)."""
+        return len(self._tls)
+
     def admit(self, guard: Guard) -> None:
         """Count a connection from its accept."""
         self._make_room(self._open, self.limit)
@@ -189,6 +194,7 @@ class Guard(asyncio.Protocol):
 
     __slots__ = (
         "_accepted",
+        "_early",
         "_handshake",
         "_head",
         "_inner",
@@ -214,6 +220,7 @@ class Guard(asyncio.Protocol):
         self._raw: asyncio.Transport | None = None  # the TCP transport, for abort
         self._transport: asyncio.Transport | None = None  # what HTTP reads and writes
         self._handshake: asyncio.Task[None] | None = None
+        self._early = b""  # request bytes decrypted before the handshake task resumed
         self._accepted = 0.0
         self._head = bytearray()  # a request head arriving in pieces, at most MAX_HEAD_BYTES
         # When the head now awaited began (the accept, or its first byte); None between
@@ -291,6 +298,9 @@ class Guard(asyncio.Protocol):
         transport.set_write_buffer_limits(high=WRITE_BUFFER_HIGH)
         self._inner = self._make_inner()
         self._inner.connection_made(transport)
+        early, self._early = self._early, b""
+        if early:
+            self.data_received(early)
 
     def abort(self) -> None:
         if self._raw is not None:
@@ -300,6 +310,10 @@ class Guard(asyncio.Protocol):
         if self.stage is Stage.SILENT:
             return self._start_handshake(data)
         if self._inner is None:
+            # The TLS layer may pass on the first request before start_tls has returned.
+            self._early += data
+            if len(self._early) > MAX_HEAD_BYTES:
+                self.abort()
             return None
         if self.head_since is None:
             self.head_since = time.monotonic()
