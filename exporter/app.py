@@ -12,6 +12,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
+import ctypes.util
+import gc
 import signal
 import sys
 import time
@@ -23,7 +26,17 @@ from exporter.config import Config, load_config
 from exporter.errors import ConfigError, QueryError
 from exporter.http import HttpServer
 from exporter.logs import Redactor, get_logger
-from exporter.scheduler import Pinger, Scheduler, ping, reachable, record, run_query
+from exporter.scheduler import (
+    Budgeted,
+    LogBudget,
+    Pinger,
+    Scheduler,
+    Slot,
+    ping,
+    reachable,
+    record,
+    run_query,
+)
 from exporter.settings import Settings
 from exporter.snapshot import Outcome, SystemClock
 from exporter.statuspage import StatusPage
@@ -32,6 +45,8 @@ from exporter.targets import Target
 from exporter.webconfig import WebConfig
 
 PROCESS_METRICS_REFRESH_SECONDS = 5.0
+STATUS_PAGE_SECONDS = 1.0  # the status page is re-rendered at most this often
+STATUS_PAGE_SECONDS_PER_TARGET = 0.02  # ... or this times the targets, if longer
 NO_SECRETS = Redactor()
 
 
@@ -51,6 +66,8 @@ class Daemon:
         self.web = web
         self.stop = asyncio.Event()
         self.log = get_logger()
+        # One budget of log lines for all targets: a fleet going down at once stays readable.
+        self.log_budget = LogBudget(self.log)
         self.exporter_store = ExporterStore()
         self.stores = {t.name: TargetStore(config) for t in self.targets}
         self.schedulers: dict[str, Scheduler] = {}
@@ -64,6 +81,14 @@ class Daemon:
         )
         # Its "… ago" ages are the render's: refresh them with the process metrics (5 s).
         self.exporter_store.on_render(self.status.render)
+        # A page for people, of every target: with hundreds of targets, runs end many times a
+        # second, and rendering it after each was a tenth of the process's CPU. Its cost grows
+        # with the targets, so the time between renders does too (a second up to 50 targets).
+        self.status.render.at_most_every(
+            max(STATUS_PAGE_SECONDS, STATUS_PAGE_SECONDS_PER_TARGET * len(self.targets))
+        )
+        # ... and in a worker thread: 300 targets' page took 0.2 s, and /probe waited for it.
+        self.status.render.in_worker_thread()
 
     def routes(self) -> tuple[Store, dict[str, Store]]:
         """The page at /metrics, and the pages at /probe?target=NAME."""
@@ -93,9 +118,16 @@ class Daemon:
         return all(store.database_up for store in self.stores.values())
 
     async def _refresh_process_metrics(self) -> None:
+        trim = _malloc_trim()
         while True:
             await asyncio.sleep(PROCESS_METRICS_REFRESH_SECONDS)
             self.exporter_store.render()
+            self.log_budget.flush()
+            if trim is not None and len(self.targets) > 1:
+                # Every run replaces its target's page (100 KB): with hundreds of targets,
+                # glibc keeps the freed pages; handing them back cut RSS at 300 targets by a
+                # sixth (bench/fleet.py).
+                trim()
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
@@ -123,19 +155,25 @@ class Daemon:
                     queries=len(self.config.enabled),
                     queries_file=str(self.settings.queries_file),
                 )
+                ranks = {name: i for i, name in enumerate(sorted(self.stores))}
                 async with asyncio.TaskGroup() as group:
                     refresher = group.create_task(self._refresh_process_metrics())
                     for target in self.targets:
                         db = databases[target.name]
                         s = target.settings
                         store = self.stores[target.name]
-                        log = get_logger(target=target.name) if target.probed else self.log
+                        log = Budgeted(
+                            get_logger(target=target.name) if target.probed else self.log,
+                            self.log_budget,
+                        )
+                        slot = Slot(ranks[target.name], len(self.targets))
                         pinger = Pinger(
                             db,
                             store,
                             log,
                             interval=s.ping_interval,
                             timeout=min(s.connect_timeout, s.ping_interval),
+                            slot=slot,
                         )
                         scheduler = Scheduler(
                             store,
@@ -146,11 +184,17 @@ class Daemon:
                                 params=target.params,
                                 max_series=s.max_series_per_query,
                             ),
+                            slot=slot,
                             on_connection_error=pinger.ping_now,
+                            on_contact=pinger.contact,
                         )
                         self.schedulers[target.name] = scheduler
                         group.create_task(pinger.run(self.stop))
                         group.create_task(scheduler.run(self.config, self.stop))
+                    # What exists now (modules, config, targets, loops) lives as long as the
+                    # process: out of the collector's way, so that its full collections, which
+                    # stop every scrape, walk only what runs create.
+                    gc.freeze()
                     await self.stop.wait()
                     refresher.cancel()
                 self.log.info("stopping", step="http")
@@ -160,6 +204,15 @@ class Daemon:
     def _on_stop(self, sig: signal.Signals) -> None:
         self.log.info("shutdown_requested", signal=sig.name)
         self.stop.set()
+
+
+def _malloc_trim() -> Callable[[], object] | None:
+    """glibc's malloc_trim(0), where there is one."""
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        trim = libc.malloc_trim
+        return lambda: trim(0)
+    return None
 
 
 async def run_all(target: Target, config: Config) -> tuple[QueryError | None, list[Outcome]]:

@@ -86,7 +86,9 @@ class ServerInfo:
 
 
 class Database:
-    """An asyncpg pool that only ever runs statements inside read-only transactions."""
+    """An asyncpg pool that runs every query inside a read-only transaction (and only the
+    constant `SELECT 1` of a ping outside one), opening connections when runs need them and
+    closing those unused for `idle_close` seconds."""
 
     def __init__(
         self,
@@ -96,12 +98,14 @@ class Database:
         pool_size: int,
         statement_cache_size: int,
         connect_timeout: float,
+        idle_close: float = 300.0,
     ) -> None:
         self._url = url
         self._password = password
         self._pool_size = pool_size
         self._statement_cache_size = statement_cache_size
         self._connect_timeout = connect_timeout
+        self._idle_close = idle_close
         self._pool: asyncpg.Pool | None = None
         self._info: ServerInfo | None = None
         self._info_at = 0.0
@@ -111,7 +115,10 @@ class Database:
         return f"Database(pool_size={self._pool_size})"
 
     async def __aenter__(self) -> Self:
-        # min_size=0: creating the pool connects nowhere, so we start while the database is down.
+        # min_size=0: creating the pool connects nowhere, so we start while the database is down,
+        # and a connection is opened only when a run needs one. asyncpg hands out the most
+        # recently used live connection first, so runs that do not overlap share one; another
+        # is opened only for an overlap and closes after `idle_close` seconds unused.
         self._pool = await asyncpg.create_pool(
             self._url,
             password=self._password,
@@ -119,7 +126,8 @@ class Database:
             max_size=self._pool_size,
             statement_cache_size=self._statement_cache_size,
             timeout=self._connect_timeout,
-            max_inactive_connection_lifetime=300.0,
+            max_inactive_connection_lifetime=self._idle_close,
+            reset=_keep_session,
             server_settings={"application_name": APPLICATION_NAME},
         )
         return self
@@ -144,6 +152,12 @@ class Database:
             raise RuntimeError("Database used outside its context")
         return self._pool
 
+    @property
+    def busy(self) -> bool:
+        """Whether every connection the pool may open is in use by a run now."""
+        pool = self.pool
+        return pool.get_idle_size() == 0 and pool.get_size() >= pool.get_max_size()
+
     async def fetch(
         self, sql: str, args: Sequence[object], timeout: float, *, max_rows: int | None = None
     ) -> Result:
@@ -157,15 +171,14 @@ class Database:
         at the ROLLBACK is never recorded by pg_stat_statements, hiding our own cost.)
         """
         started = time.perf_counter()
+        millis = max(1, int(timeout * 1000))
         try:
             async with asyncio.timeout(timeout + CLIENT_GRACE_SECONDS):
                 async with self.pool.acquire() as conn:
-                    transaction = conn.transaction()
-                    await transaction.start()
                     try:
-                        millis = max(1, int(timeout * 1000))
+                        # One round trip opens the transaction and sets its deadlines.
                         await conn.execute(
-                            "SET TRANSACTION READ ONLY;"
+                            "BEGIN TRANSACTION READ ONLY;"
                             f" SET LOCAL statement_timeout = {millis};"
                             f" SET LOCAL lock_timeout = {millis};"
                             " SET LOCAL idle_in_transaction_session_timeout = "
@@ -183,15 +196,28 @@ class Database:
                             )
                     finally:
                         if not conn.is_closed():
-                            await transaction.rollback()
+                            await conn.execute("ROLLBACK")
         except Exception as exc:
-            error = classify(exc)
-            if error.reason is ErrorReason.CONNECTION:
-                error = QueryError(error.reason, f"{error.message} (connecting to {self.target})")
-            raise error from exc
+            raise self._error(exc) from exc
         columns = tuple(records[0].keys()) if records else ()
         rows = tuple(tuple(r.values()) for r in records)
         return Result(columns, rows, time.perf_counter() - started)
+
+    async def ping(self, timeout: float) -> None:
+        """`SELECT 1` in one round trip (no data read, so no read-only transaction around it);
+        raise `QueryError` if the database does not answer in time."""
+        try:
+            async with asyncio.timeout(timeout):
+                async with self.pool.acquire() as conn:
+                    await conn.execute("SELECT 1")
+        except Exception as exc:
+            raise self._error(exc) from exc
+
+    def _error(self, exc: BaseException) -> QueryError:
+        error = classify(exc)
+        if error.reason is ErrorReason.CONNECTION:
+            error = QueryError(error.reason, f"{error.message} (connecting to {self.target})")
+        return error
 
     async def server_info(self, timeout: float) -> ServerInfo:
         """Major version and installed extensions, cached for a minute."""
@@ -214,6 +240,13 @@ class Database:
     def forget_server_info(self) -> None:
         """Drop the cached server facts (after a reconnect the server may be another one)."""
         self._info = None
+
+
+async def _keep_session(conn: asyncpg.Connection) -> None:
+    """What a connection needs between runs: nothing. asyncpg rolls back an open transaction
+    on release by itself; its default reset (unlock advisory locks, CLOSE ALL, UNLISTEN,
+    RESET ALL) would cost a round trip per run, through a pooler a transaction of its own,
+    for state a run never leaves: each is one transaction, SET LOCAL only, always rolled back."""
 
 
 def bounded(sql: str, max_rows: int) -> str:

@@ -1,29 +1,49 @@
-"""Running queries: one run (shared by `run`, `once`, `check`), the per-query loops, the ping.
+"""Running queries: one run (shared by `run`, `once`, `check`), the per-query loops, the ping,
+and the per-process budget of log lines.
 
 The scheduler owns timing only. What a run means for the served state is `transition` (pure,
 in snapshot.py); whether the database is up is written by the ping alone.
+
+When each query runs: every target x query has a fixed phase within its interval (`phase`),
+so the runs of many targets are spread evenly over each interval instead of arriving together.
+The first run comes within `FIRST_RUN_WINDOW_SECONDS` x targets (at most one interval) after
+start or reload, spread the same way; after it, each run falls on its slot of the interval.
 """
 
 from __future__ import annotations
 
 import asyncio
-import random
+import hashlib
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import NamedTuple, Protocol
 
 from exporter.config import Config, Query
+from exporter.contract import first_missing
 from exporter.db import Database
 from exporter.errors import ErrorReason, QueryError
 from exporter.exposition import Fragment, to_client_families
-from exporter.logs import Logger
 from exporter.mapping import Family, map_rows
 from exporter.snapshot import Clock, Instant, Outcome, Requirement, SystemClock, transition
 from exporter.store import TargetStore
 
-FIRST_RUN_JITTER_SECONDS = 0.25
-INTERVAL_JITTER = 0.05
+# One target's first runs come within this; n targets' within n times it (at most an interval).
+FIRST_RUN_WINDOW_SECONDS = 0.25
+# Results with more rows than this are mapped and encoded in a worker thread (see run_query).
+INLINE_ROWS = 200
 
 Runner = Callable[[Query], Awaitable[Outcome]]
+
+
+class EventLog(Protocol):
+    """Where events go: a `Logger`, or a `Budgeted` one."""
+
+    def bind(self, **fields: object) -> EventLog: ...
+    def debug(self, event: str, **fields: object) -> None: ...
+    def info(self, event: str, **fields: object) -> None: ...
+    def warning(self, event: str, **fields: object) -> None: ...
+    def error(self, event: str, **fields: object) -> None: ...
 
 
 def _map_and_encode(
@@ -49,14 +69,24 @@ async def run_query(
                 return Outcome(
                     query, 0.0, skipped=Requirement("server_version", str(query.min_server_version))
                 )
+        # The schema contract: a column the CMS lacks, or the role script not run, is a skip
+        # naming it (a deployment mistake), not a failing query that pages as a blind check.
+        lacking = await first_missing(db, query.needs, query.timeout)
+        if lacking is not None:
+            return Outcome(query, 0.0, skipped=lacking)
         # Each row yields at least one series: fetching stops one row past the cap.
         cap = query.series_cap(max_series)
         args = [params[p] for p in query.params]
         result = await db.fetch(query.sql, args, query.timeout, max_rows=cap)
-        # Encoding a large result takes time: a worker thread keeps /metrics answering meanwhile.
-        families, fragment = await asyncio.to_thread(
-            _map_and_encode, query, result.columns, result.rows, max_series
-        )
+        if len(result.rows) <= INLINE_ROWS:
+            # A few rows encode in well under a millisecond: cheaper here than a thread hop
+            # (which, with hundreds of targets, cost more CPU than the encoding itself).
+            families, fragment = _map_and_encode(query, result.columns, result.rows, max_series)
+        else:
+            # Encoding a large result takes time: a worker thread keeps /metrics answering.
+            families, fragment = await asyncio.to_thread(
+                _map_and_encode, query, result.columns, result.rows, max_series
+            )
     except QueryError as exc:
         return Outcome(query, time.perf_counter() - started, error=exc)
     return Outcome(
@@ -71,7 +101,7 @@ async def run_query(
 async def ping(db: Database, timeout: float) -> QueryError | None:
     """`SELECT 1`: None if the database answered, else why not."""
     try:
-        await db.fetch("SELECT 1", (), timeout)
+        await db.ping(timeout)
     except QueryError as exc:
         return exc
     return None
@@ -82,7 +112,7 @@ def reachable(error: QueryError | None) -> bool:
     return error is None or error.reason not in (ErrorReason.CONNECTION, ErrorReason.TIMEOUT)
 
 
-def record(store: TargetStore, outcome: Outcome, now: Instant, log: Logger) -> bool:
+def record(store: TargetStore, outcome: Outcome, now: Instant, log: EventLog) -> bool:
     """Publish what `outcome` makes of its query's snapshot (transition) and log its events;
     False if the query left or changed in the store meanwhile (a reload), and nothing changed."""
     previous = store.snapshot(outcome.query.name)
@@ -95,32 +125,79 @@ def record(store: TargetStore, outcome: Outcome, now: Instant, log: Logger) -> b
     return True
 
 
+# --- when runs happen -----------------------------------------------------------------------
+
+
+class Slot(NamedTuple):
+    """A target's place among the targets of this process: `rank` of `of` (by name)."""
+
+    rank: int = 0
+    of: int = 1
+
+
+ALONE = Slot()  # the one target of a process that watches one database
+
+
+def phase(slot: Slot, name: str) -> float:
+    """Where, as a fraction of its interval, this target's runs of query `name` fall.
+
+    Derived, not drawn at random: a restart puts every run back on its slot (no new burst, and
+    nothing bunched by an unlucky draw), and two replicas with the same targets agree. The
+    target's share is its rank over the number of targets, so n targets are exactly
+    interval/n apart (a hash of the target's name would clump: with 500 targets the busiest
+    second of an interval would carry about twice the mean). The query's share is a hash of
+    its name, so one target's queries do not all start together either.
+    """
+    digest = hashlib.blake2b(name.encode(), digest_size=8).digest()
+    return (slot.rank / slot.of + int.from_bytes(digest, "big") / 2**64) % 1.0
+
+
+def first_delay(slot: Slot, name: str, interval: float) -> float:
+    """Seconds from start (or reload) to a query's first run: its phase within a window of
+    FIRST_RUN_WINDOW_SECONDS per target, at most one interval. One target's first values
+    come within a quarter second; 500 targets' first runs are as spread as later ones."""
+    window = min(interval, FIRST_RUN_WINDOW_SECONDS * slot.of)
+    return phase(slot, name) * window
+
+
+def next_delay(interval: float, offset: float, started: float, now: float) -> float:
+    """Seconds from `now` to the query's next slot: the wall-clock times that are `offset`
+    seconds into an interval, the first at least half an interval after the last run started
+    (and not before `now`: a run that overran its interval waits for the next slot)."""
+    base = max(started + interval / 2, now)
+    return (offset - base) % interval + base - now
+
+
 class Scheduler:
-    """Runs every enabled query on its own interval, never overlapping itself.
+    """Runs every enabled query on its own interval, each target x query on its own slot
+    of the interval (see `phase`), never overlapping itself.
 
     `run` is how one query runs (run_query on this target's database, in production);
-    `clock`, `rng` and `sleep` are injectable so the loops are tested without waiting.
-    `on_connection_error` is told when a run could not reach the database (the Pinger then
-    checks at once).
+    `slot` is this target's place among the process's targets; `clock` and `sleep` are
+    injectable so the loops are tested in virtual time. `on_connection_error` is told when a
+    run could not reach the database (the Pinger then checks at once), `on_contact` when a
+    run got an answer from it (the Pinger need not ask meanwhile).
     """
 
     def __init__(
         self,
         store: TargetStore,
-        log: Logger,
+        log: EventLog,
         *,
         run: Runner,
+        slot: Slot = ALONE,
         on_connection_error: Callable[[], None] = lambda: None,
+        on_contact: Callable[[], None] = lambda: None,
         clock: Clock | None = None,
-        rng: random.Random | None = None,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
         self._store = store
         self._log = log
         self._run = run
+        self._slot = slot
         self._on_connection_error = on_connection_error
+        self._on_contact = on_contact
         self._clock = clock or SystemClock()
-        self._rng = rng or random.Random()  # noqa: S311 - jitter, not security
         self._sleep = sleep
         self._tasks: dict[str, tuple[Query, asyncio.Task[None]]] = {}
         self._group: asyncio.TaskGroup | None = None
@@ -158,56 +235,176 @@ class Scheduler:
 
     async def _loop(self, query: Query) -> None:
         log = self._log.bind(query=query.name)
-        await self._sleep(self._rng.uniform(0, min(FIRST_RUN_JITTER_SECONDS, query.interval)))
+        offset = phase(self._slot, query.name) * query.interval
+        await self._sleep(first_delay(self._slot, query.name, query.interval))
         while True:
-            started = self._clock.now().monotonic
+            started = self._clock.now().wall
             outcome = await self._run(query)
             if not record(self._store, outcome, self._clock.now(), log):
                 return  # reloaded away meanwhile; apply() has started its successor
-            if outcome.error is not None and outcome.error.reason is ErrorReason.CONNECTION:
+            error = outcome.error
+            if error is not None and error.reason is ErrorReason.CONNECTION:
                 self._on_connection_error()
-            jitter = self._rng.uniform(1 - INTERVAL_JITTER, 1 + INTERVAL_JITTER)
-            elapsed = self._clock.now().monotonic - started
-            await self._sleep(max(0.0, query.interval * jitter - elapsed))
+            elif outcome.skipped is None and reachable(error):
+                self._on_contact()
+            await self._sleep(next_delay(query.interval, offset, started, self._clock.now().wall))
 
 
 class Pinger:
     """`SELECT 1` every `interval`, or at once when a query could not connect: the only writer
-    of `database_up`."""
+    of `database_up`. A query that got an answer within the interval is answer enough: no
+    ping is sent then (with hundreds of targets, pings were a third of all statements)."""
 
     def __init__(
-        self, db: Database, store: TargetStore, log: Logger, *, interval: float, timeout: float
+        self,
+        db: Database,
+        store: TargetStore,
+        log: EventLog,
+        *,
+        interval: float,
+        timeout: float,
+        slot: Slot = ALONE,
     ) -> None:
         self._db = db
         self._store = store
         self._log = log
         self._interval = interval
         self._timeout = timeout
+        self._slot = slot
         self._now = asyncio.Event()
+        self._contact: float | None = None  # monotonic time a query last got an answer
 
     def ping_now(self) -> None:
+        self._contact = None
         self._now.set()
+
+    def contact(self) -> None:
+        self._contact = time.monotonic()
+        if not self._store.database_up:
+            self._now.set()  # a query got through while we say down (at start): ask now
 
     async def run(self, stop: asyncio.Event) -> None:
         was_up: bool | None = None
+        lost = False  # a connection failed since the database was last up
+        # Spread like the queries' first runs: 500 targets do not all connect in one instant.
+        await self._wait(stop, first_delay(self._slot, "ping", self._interval))
         while not stop.is_set():
+            asked = self._now.is_set()
             self._now.clear()
-            error = await ping(self._db, self._timeout)
-            up = reachable(error)
+            recent = self._contact is not None and (
+                time.monotonic() - self._contact < self._interval
+            )
+            if was_up and not asked and (recent or self._db.busy):
+                # A run got an answer within the interval, or one is in flight on every
+                # connection (it will say itself whether the database answers): a ping would
+                # only queue behind it.
+                error, up = None, True
+            else:
+                error = await ping(self._db, self._timeout)
+                up = reachable(error)
             if not up and was_up is not False and error is not None:
                 self._log.warning(
                     "database_unreachable", reason=error.reason.value, error=error.message
                 )
-                self._db.forget_server_info()
+            elif up and was_up is False and lost:
+                self._log.info("database_reachable")
+                # Connections from before the outage may point at a dead server process.
+                await self._db.pool.expire_connections()
             elif up and was_up is False:
                 self._log.info("database_reachable")
-                # Connections from before the outage point at a dead server process.
-                await self._db.pool.expire_connections()
+            if error is not None and error.reason is ErrorReason.CONNECTION and not lost:
+                # The server may come back as another one (version, extensions). A ping that
+                # only timed out (a busy server or pooler) keeps both: reconnecting everything
+                # then would add a storm of new connections to what was already too much.
+                lost = True
+                self._db.forget_server_info()
+            if up:
+                lost = False
             was_up = up
             self._store.set_database_up(up)
-            wakers = {asyncio.ensure_future(self._now.wait()), asyncio.ensure_future(stop.wait())}
-            try:
-                await asyncio.wait(wakers, timeout=self._interval, return_when="FIRST_COMPLETED")
-            finally:
-                for waker in wakers:
-                    waker.cancel()
+            await self._wait(stop, self._interval)
+
+    async def _wait(self, stop: asyncio.Event, seconds: float) -> None:
+        """Until `seconds` pass, a query asks for a ping, or `stop`."""
+        wakers = {asyncio.ensure_future(self._now.wait()), asyncio.ensure_future(stop.wait())}
+        try:
+            await asyncio.wait(wakers, timeout=seconds, return_when="FIRST_COMPLETED")
+        finally:
+            for waker in wakers:
+                waker.cancel()
+
+
+# --- how much is logged ---------------------------------------------------------------------
+
+
+class LogBudget:
+    """The process's budget of log lines about its targets: a token bucket, `burst` lines at
+    once and `per_second` after that. Lines beyond it are counted by event and said in one
+    `log_lines_suppressed` line as soon as the budget allows one (`flush`, or the next line):
+    500 targets going down at once log `burst` lines and a summary, not thousands."""
+
+    def __init__(
+        self,
+        log: EventLog,
+        *,
+        burst: int = 50,
+        per_second: float = 1.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._log = log
+        self._burst = float(burst)
+        self._rate = per_second
+        self._clock = clock
+        self._tokens = float(burst)
+        self._at = clock()
+        self._held: Counter[str] = Counter()
+
+    def _take(self) -> bool:
+        now = self._clock()
+        self._tokens = min(self._burst, self._tokens + (now - self._at) * self._rate)
+        self._at = now
+        if self._tokens < 1:
+            return False
+        self._tokens -= 1
+        return True
+
+    def allow(self, event: str) -> bool:
+        """Whether a line for `event` may go out now (after any summary that is due)."""
+        self.flush()
+        if self._take():
+            return True
+        self._held[event] += 1
+        return False
+
+    def flush(self) -> None:
+        """Say what was held back, if anything was and the budget has a line for it."""
+        if self._held and self._take():
+            held, self._held = self._held, Counter()
+            self._log.warning("log_lines_suppressed", suppressed=held.total(), **held)
+
+
+class Budgeted:
+    """An `EventLog` whose info, warning and error lines are paid from a shared `LogBudget`
+    (debug lines are off in production and free)."""
+
+    def __init__(self, log: EventLog, budget: LogBudget) -> None:
+        self._log = log
+        self._budget = budget
+
+    def bind(self, **fields: object) -> Budgeted:
+        return Budgeted(self._log.bind(**fields), self._budget)
+
+    def debug(self, event: str, **fields: object) -> None:
+        self._log.debug(event, **fields)
+
+    def info(self, event: str, **fields: object) -> None:
+        if self._budget.allow(event):
+            self._log.info(event, **fields)
+
+    def warning(self, event: str, **fields: object) -> None:
+        if self._budget.allow(event):
+            self._log.warning(event, **fields)
+
+    def error(self, event: str, **fields: object) -> None:
+        if self._budget.allow(event):
+            self._log.error(event, **fields)

@@ -26,14 +26,30 @@ from exporter.snapshot import Clock, Snapshot, SystemClock
 class Coalesced:
     """Calls `action` once per event-loop turn however often it is asked to in that turn
     (when the database goes down every query fails in the same instant), or at once outside
-    an event loop."""
+    an event loop.
+
+    `at_most_every(seconds)` spaces the calls further apart (a call asked for sooner is made
+    when the time is up); `in_worker_thread()` makes them in a worker thread, one at a time,
+    for an action too long to hold up the event loop (and the scrapes it answers).
+    """
 
     def __init__(self, action: Callable[[], None]) -> None:
         self._action = action
         self._pending = False
+        self._every = 0.0
+        self._last = float("-inf")
+        self._threaded = False
+        self._again = False
+
+    def at_most_every(self, seconds: float) -> None:
+        self._every = seconds
+
+    def in_worker_thread(self) -> None:
+        self._threaded = True
 
     def __call__(self) -> None:
         if self._pending:
+            self._again = self._threaded
             return
         try:
             loop = asyncio.get_running_loop()
@@ -41,11 +57,27 @@ class Coalesced:
             self._action()
             return
         self._pending = True
-        loop.call_soon(self._run)
+        wait = self._last + self._every - loop.time()
+        if wait > 0:
+            loop.call_later(wait, self._run)
+        else:
+            loop.call_soon(self._run)
 
     def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._last = loop.time()
+        if not self._threaded:
+            self._pending = False
+            self._action()
+            return
+        self._again = False
+        loop.run_in_executor(None, self._action).add_done_callback(self._done)
+
+    def _done(self, future: asyncio.Future[None]) -> None:
         self._pending = False
-        self._action()
+        if self._again:
+            self()  # asked for again while it ran
+        future.result()  # an exception goes to the event loop's handler, as elsewhere
 
 
 class Store:
@@ -90,6 +122,7 @@ class TargetStore(Store):
         super().__init__()
         self._snapshots: dict[str, Snapshot] = {q.name: Snapshot(q) for q in config.enabled}
         self.database_up = False
+        self._own = _OwnMetrics()
         self.render_now()
 
     @property
@@ -130,9 +163,67 @@ class TargetStore(Store):
     def build(self) -> Iterable[Fragment]:
         for snap in self._snapshots.values():
             yield snap.fragment
-        yield Fragment.encode(
-            selfmetrics.target_families(self._snapshots.values(), database_up=self.database_up)
+        yield self._own.fragment(tuple(self._snapshots.values()), database_up=self.database_up)
+
+
+class _OwnMetrics:
+    """A target's own families (selfmetrics.target_families), encoded query by query.
+
+    Each run changes one query's snapshot, yet encoding the families of all of them again
+    was most of what a run cost (77 % of a 300-target process's CPU, in prometheus-client's
+    name escaping). So each query's samples are encoded when its snapshot changes, and a
+    render only splices them under each family's HELP and TYPE lines, in the same order the
+    whole encoding has: the bytes are the same (tests/test_transition.py holds that).
+    """
+
+    def __init__(self) -> None:
+        self._per_query: dict[str, tuple[Snapshot, list[bytes], list[bytes]]] = {}
+        self._heads: dict[bool, tuple[list[bytes], list[bytes]]] = {}
+
+    def fragment(self, snapshots: Sequence[Snapshot], *, database_up: bool) -> Fragment:
+        heads = self._heads.get(database_up)
+        if heads is None:
+            empty = Fragment.encode(selfmetrics.target_families((), database_up=database_up))
+            heads = self._heads[database_up] = (_families(empty.text), _families(empty.openmetrics))
+        rows = [self._samples(snap) for snap in snapshots]
+        self._per_query = {snap.query.name: row for snap, row in zip(snapshots, rows, strict=True)}
+        text, om = heads
+        return Fragment(
+            text=_splice(text, [r[1] for r in rows]),
+            openmetrics=_splice(om, [r[2] for r in rows]),
         )
+
+    def _samples(self, snap: Snapshot) -> tuple[Snapshot, list[bytes], list[bytes]]:
+        cached = self._per_query.get(snap.query.name)
+        if cached is not None and cached[0] is snap:
+            return cached
+        alone = Fragment.encode(selfmetrics.target_families((snap,), database_up=False))
+        # The first family is database_up: the target's, not the query's.
+        text = [_split(f)[1] for f in _families(alone.text)[1:]]
+        om = [_split(f)[1] for f in _families(alone.openmetrics)[1:]]
+        return snap, text, om
+
+
+def _families(encoded: bytes) -> list[bytes]:
+    """An encoding cut into its families, each starting with its HELP line."""
+    return [b"# HELP " + part for part in encoded.split(b"# HELP ")[1:]]
+
+
+def _split(family: bytes) -> tuple[bytes, bytes]:
+    """A family's comment lines (HELP, TYPE) and its samples."""
+    end = 0
+    while family.startswith(b"#", end):
+        end = family.index(b"\n", end) + 1
+    return family[:end], family[end:]
+
+
+def _splice(heads: list[bytes], per_query: list[list[bytes]]) -> bytes:
+    """database_up as it is, then each family's comment lines and every query's samples."""
+    out = [heads[0]]
+    for i, family in enumerate(heads[1:]):
+        out.append(_split(family)[0])
+        out.extend(samples[i] for samples in per_query)
+    return b"".join(out)
 
 
 class ExporterStore(Store):

@@ -8,9 +8,9 @@ decided by `transition`; the scheduler only times runs. Both are tested here in 
 from __future__ import annotations
 
 import asyncio
+import bisect
 import contextlib
 import heapq
-import random
 from pathlib import Path
 
 import pytest
@@ -20,7 +20,16 @@ from exporter.errors import ErrorReason, QueryError
 from exporter.exposition import Fragment
 from exporter.logs import get_logger
 from exporter.mapping import Family, Sample
-from exporter.scheduler import INTERVAL_JITTER, Scheduler
+from exporter.scheduler import (
+    FIRST_RUN_WINDOW_SECONDS,
+    Budgeted,
+    LogBudget,
+    Scheduler,
+    Slot,
+    next_delay,
+    phase,
+    record,
+)
 from exporter.snapshot import Event, Instant, Outcome, Requirement, Snapshot, transition
 from exporter.store import TargetStore
 
@@ -209,60 +218,167 @@ class FakeTime:
                 return
 
 
-async def _drive(config: Config, reloads: list[Config], until: float) -> dict[str, list[float]]:
-    """Run the scheduler on `config` until the fake clock passes `until`, applying each of
-    `reloads` (a SIGHUP each) half-way; the times each query ran, by name, and under "_loops"
-    how many loops were alive at the end."""
+Runs = dict[str, list[float]]
+
+
+async def _drive(
+    config: Config,
+    reloads: list[Config],
+    until: float,
+    *,
+    targets: int = 1,
+    reload_at: float | None = None,
+) -> tuple[dict[tuple[int, str], list[float]], int, bool]:
+    """Run one scheduler per target on `config` in virtual time until the clock passes
+    `until`, applying each of `reloads` (a SIGHUP each) at `reload_at` (default: half-way).
+    The times each (target, query) ran, how many loops were alive at the end, and whether
+    every loop stopped with the daemon."""
     clock = FakeTime()
-    store = TargetStore(config)
-    runs: dict[str, list[float]] = {}
+    runs: dict[tuple[int, str], list[float]] = {}
+    schedulers: list[Scheduler] = []
+    stores: list[TargetStore] = []
+    for rank in range(targets):
+        store = TargetStore(config)
 
-    async def run(query: Query) -> Outcome:
-        runs.setdefault(query.name, []).append(clock.t)
-        return Outcome(query, 0.0, fragment=VALUES)
+        async def run(query: Query, rank: int = rank) -> Outcome:
+            runs.setdefault((rank, query.name), []).append(clock.t)
+            return Outcome(query, 0.0, fragment=VALUES)
 
-    scheduler = Scheduler(
-        store, get_logger(), run=run, clock=clock, rng=random.Random(7), sleep=clock.sleep
-    )
+        stores.append(store)
+        schedulers.append(
+            Scheduler(
+                store,
+                get_logger(),
+                run=run,
+                slot=Slot(rank, targets),
+                clock=clock,
+                sleep=clock.sleep,
+            )
+        )
     stop = asyncio.Event()
-    task = asyncio.create_task(scheduler.run(config, stop))
+    tasks = [asyncio.create_task(s.run(config, stop)) for s in schedulers]
     pending = list(reloads)
+    when = until / 2 if reload_at is None else reload_at
     while clock.t < until:
         await clock.advance()
-        if pending and clock.t > until / 2:
+        if pending and clock.t >= when:
             for new in pending:
-                store.replace_config(new)
-                scheduler.apply(new)
+                for store, scheduler in zip(stores, schedulers, strict=True):
+                    store.replace_config(new)
+                    scheduler.apply(new)
             pending.clear()
-    loops = len(scheduler.loops)
+    loops = sum(len(s.loops) for s in schedulers)
     stop.set()
     # A loop the scheduler lost track of would never stop: give up after a (real) second.
-    done, _ = await asyncio.wait({task}, timeout=1.0)
-    if not done:
-        task.cancel()
-        with contextlib.suppress(BaseException):
-            await task
-    runs["_loops"] = [float(loops)]
-    runs["_stopped"] = [1.0 if done else 0.0]
-    return runs
+    done, _ = await asyncio.wait(tasks, timeout=1.0)
+    for task in tasks:
+        if task not in done:
+            task.cancel()
+            with contextlib.suppress(BaseException):
+                await task
+    return runs, loops, len(done) == len(tasks)
 
 
-def test_each_query_runs_on_its_interval_within_jitter(config: Config) -> None:
-    runs = asyncio.run(_drive(config, [], until=300))
+def _one(runs: dict[tuple[int, str], list[float]]) -> Runs:
+    return {name: times for (_, name), times in runs.items()}
+
+
+def most_in_any_window(times: list[float], width: float) -> int:
+    """The most runs that start within any window of `width` seconds (half-open)."""
+    ordered = sorted(times)
+    return max(
+        (bisect.bisect_left(ordered, t + width - 1e-9) - i for i, t in enumerate(ordered)),
+        default=0,
+    )
+
+
+def test_each_query_runs_on_its_interval(config: Config) -> None:
+    runs = _one(asyncio.run(_drive(config, [], until=300))[0])
     for name, interval in (("alpha", 10.0), ("beta", 30.0)):
-        gaps = [b - a for a, b in zip(runs[name], runs[name][1:], strict=False)]
+        gaps = [b - a for a, b in zip(runs[name][1:], runs[name][2:], strict=False)]
         assert gaps
-        assert all(
-            interval * (1 - INTERVAL_JITTER) <= g <= interval * (1 + INTERVAL_JITTER) for g in gaps
-        )
+        assert all(g == pytest.approx(interval) for g in gaps), "after the first, every interval"
+        assert interval / 2 <= runs[name][1] - runs[name][0] < interval * 1.5
+
+
+def test_one_targets_first_runs_come_within_a_quarter_second(config: Config) -> None:
+    runs = _one(asyncio.run(_drive(config, [], until=60))[0])
+    firsts = [times[0] for times in runs.values()]
+    assert len(firsts) == 2
+    assert all(0 <= t <= 0.25 for t in firsts), "values a quarter second after start"
+
+
+def test_many_targets_first_runs_are_spread_and_come_within_their_window(
+    config: Config,
+) -> None:
+    """40 targets: each query's first runs within 40 x a quarter second (10 s, one alpha
+    interval), one every quarter second, not 80 runs in the first quarter second."""
+    n = 40
+    runs, _, _ = asyncio.run(_drive(config, [], until=40, targets=n))
+    for name in ("alpha", "beta"):
+        firsts = [runs[rank, name][0] for rank in range(n)]
+        assert max(firsts) < min(10.0, FIRST_RUN_WINDOW_SECONDS * n)
+        for k in (1, 4):
+            assert most_in_any_window(firsts, k * FIRST_RUN_WINDOW_SECONDS) <= k
+
+
+@pytest.mark.parametrize("n", [10, 40])
+def test_runs_of_n_targets_are_spread_evenly_over_each_interval(config: Config, n: int) -> None:
+    """No more than k runs of a query in any interval/n x k, from the start on."""
+    runs, _, _ = asyncio.run(_drive(config, [], until=200, targets=n))
+    for name, interval in (("alpha", 10.0), ("beta", 30.0)):
+        times = [t for rank in range(n) for t in runs[rank, name]]
+        assert len(times) >= n * (200 // interval)
+        spacing = min(interval / n, FIRST_RUN_WINDOW_SECONDS)  # the first runs' is tighter
+        for k in (1, 3, n // 2):
+            assert most_in_any_window(times, k * spacing) <= 2 * k, (name, k)
+        steady = [t for t in times if t >= interval * 1.5]
+        for k in (1, 3, n // 2):
+            assert most_in_any_window(steady, k * interval / n) <= k, (name, k)
+
+
+def test_no_burst_after_a_reload(config: Config, tmp_path: Path) -> None:
+    """A SIGHUP that changes a query restarts its loop on every target at once: its first
+    runs are spread like at start, not all in the same quarter second."""
+    changed = tmp_path / "changed.yaml"
+    changed.write_text(QUERIES.replace("interval: 30s", "interval: 20s"))
+    n = 40
+    runs, _, _ = asyncio.run(
+        _drive(config, [load_config(changed)], until=160, targets=n, reload_at=100)
+    )
+    after = [t for rank in range(n) for t in runs[rank, "beta"] if t >= 100]
+    assert len(after) >= n * 2
+    assert most_in_any_window(after, FIRST_RUN_WINDOW_SECONDS) <= 2
+    assert most_in_any_window(after, 1.0) <= 2 * (1.0 / FIRST_RUN_WINDOW_SECONDS)
+    alpha = [t for rank in range(n) for t in runs[rank, "alpha"] if t >= 100]
+    assert most_in_any_window(alpha, 10.0 / n) <= 1, "an unchanged query keeps its slots"
+
+
+def test_restarts_and_replicas_put_every_run_on_the_same_slots() -> None:
+    slot = Slot(3, 7)
+    assert phase(slot, "alpha") == phase(Slot(3, 7), "alpha")
+    assert phase(slot, "alpha") != phase(slot, "beta")
+    offset = phase(slot, "alpha") * 10
+    # Two processes started at different moments pick the same wall-clock slots.
+    for started in (1_700_000_000.0, 1_700_000_003.7):
+        delay = next_delay(10, offset, started, started + 0.01)
+        assert (started + 0.01 + delay - offset) % 10 == pytest.approx(0, abs=1e-6)
+
+
+def test_a_run_that_overran_waits_for_its_next_slot() -> None:
+    # Started at 100 (its slot: offset 0 of a 10 s interval), finished at 123.
+    assert next_delay(10, 0.0, 100.0, 123.0) == pytest.approx(7.0)
+    # A run that ended early still waits at least half an interval from its start.
+    assert next_delay(10, 0.0, 100.0, 100.1) == pytest.approx(9.9)
 
 
 def test_repeated_reloads_never_start_a_second_loop_for_a_query(config: Config) -> None:
     """Three SIGHUPs with the same file: still one loop per query, and each query's run rate
     is its interval's, not two or three times it."""
-    runs = asyncio.run(_drive(config, [config, config, config], until=600))
-    assert runs["_stopped"] == [1.0], "every loop stopped with the daemon"
-    assert runs["_loops"] == [2.0]
+    raw, loops, stopped = asyncio.run(_drive(config, [config, config, config], until=600))
+    runs = _one(raw)
+    assert stopped, "every loop stopped with the daemon"
+    assert loops == 2
     assert 600 / 10 * 0.9 <= len(runs["alpha"]) <= 600 / 10 * 1.1
     assert 600 / 30 * 0.9 <= len(runs["beta"]) <= 600 / 30 * 1.1
 
@@ -271,7 +387,90 @@ def test_a_reload_that_changes_a_query_replaces_its_loop(config: Config, tmp_pat
     changed = tmp_path / "changed.yaml"
     changed.write_text(QUERIES.replace("interval: 30s", "interval: 20s"))
     new = load_config(changed)
-    runs = asyncio.run(_drive(config, [new, new], until=600))
-    assert runs["_loops"] == [2.0]
-    # beta: 30 s for the first half, 20 s for the second: 10 + 15 runs, give or take jitter.
-    assert 22 <= len(runs["beta"]) <= 28
+    raw, loops, _ = asyncio.run(_drive(config, [new, new], until=600))
+    assert loops == 2
+    # beta: 30 s for the first half, 20 s for the second: 10 + 15 runs, give or take one each.
+    assert 23 <= len(_one(raw)["beta"]) <= 27
+
+
+# --- the log budget -------------------------------------------------------------------------
+
+
+class Lines:
+    """An EventLog that keeps what it was given."""
+
+    def __init__(self, into: list[tuple[str, dict[str, object]]] | None = None) -> None:
+        self.lines: list[tuple[str, dict[str, object]]] = [] if into is None else into
+        self._bound: dict[str, object] = {}
+
+    def bind(self, **fields: object) -> Lines:
+        bound = Lines(self.lines)
+        bound._bound = {**self._bound, **fields}
+        return bound
+
+    def _add(self, event: str, fields: dict[str, object]) -> None:
+        self.lines.append((event, {**self._bound, **fields}))
+
+    def debug(self, event: str, **fields: object) -> None:
+        self._add(event, fields)
+
+    def info(self, event: str, **fields: object) -> None:
+        self._add(event, fields)
+
+    def warning(self, event: str, **fields: object) -> None:
+        self._add(event, fields)
+
+    def error(self, event: str, **fields: object) -> None:
+        self._add(event, fields)
+
+
+def test_500_targets_going_down_log_a_bounded_number_of_lines_and_one_summary(
+    config: Config,
+) -> None:
+    seconds = [0.0]
+    out = Lines()
+    budget = LogBudget(out, burst=50, per_second=1.0, clock=lambda: seconds[0])
+    stores = [TargetStore(config) for _ in range(500)]
+    logs = [Budgeted(out.bind(target=f"t{i}"), budget) for i in range(500)]
+
+    def everything_fails(at: float) -> None:
+        async def fail() -> None:  # in an event loop, as in the daemon: renders coalesce
+            for store, log in zip(stores, logs, strict=True):
+                for snap in store.snapshots:
+                    now = Instant(1e9 + at, at)
+                    record(store, failed(snap), now, log.bind(query=snap.query.name))
+
+        asyncio.run(fail())
+
+    everything_fails(0.0)  # 1,000 state changes in one instant
+    assert len(out.lines) == 50
+    assert {event for event, _ in out.lines} == {"query_failed"}
+    seconds[0] = 5.0
+    budget.flush()
+    assert len(out.lines) == 51
+    event, fields = out.lines[-1]
+    assert event == "log_lines_suppressed"
+    assert fields["suppressed"] == 950
+    assert fields["query_failed"] == 950
+    budget.flush()
+    assert len(out.lines) == 51, "one summary of what was held back, not one per flush"
+    everything_fails(10.0)  # still failing for the same reason: not a state change
+    seconds[0] = 60.0
+    budget.flush()
+    assert len(out.lines) == 51
+
+
+def test_the_budget_refills_at_its_rate_and_says_what_it_held_back(config: Config) -> None:
+    seconds = [0.0]
+    out = Lines()
+    budget = LogBudget(out, burst=5, per_second=2.0, clock=lambda: seconds[0])
+    log = Budgeted(out, budget)
+    for step in range(100):  # a line every 0.1 s for 10 s: 100 asked, at most 5 + 2 x 10
+        seconds[0] = step * 0.1
+        log.warning("database_unreachable", step=step)
+    seconds[0] = 20.0
+    budget.flush()
+    summaries = [f for e, f in out.lines if e == "log_lines_suppressed"]
+    assert len(out.lines) <= 5 + 2 * 10 + 1
+    passed = len(out.lines) - len(summaries)
+    assert passed + sum(int(str(f["suppressed"])) for f in summaries) == 100
