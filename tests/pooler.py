@@ -21,10 +21,18 @@ PGBOUNCER = shutil.which("pgbouncer") or (
 
 @contextlib.contextmanager
 def pgbouncer(
-    cluster: Cluster, database: str, users: dict[str, str], *, tls: bool = False
+    cluster: Cluster,
+    database: str,
+    users: dict[str, str],
+    *,
+    tls: bool = False,
+    max_client_conn: int = 50,
+    pool_size: int = 4,
 ) -> Iterator[int]:
     """PgBouncer in transaction mode in front of `database`; yields its port. With `tls`,
-    TLS to clients (required) and to the server, as Supavisor does."""
+    TLS to clients (required) and to the server, as Supavisor does. `max_client_conn`,
+    `pool_size`: the clients it accepts and the server connections it opens (bench/fleet.py
+    connects hundreds of clients)."""
     assert PGBOUNCER is not None
     user = unprivileged_user()
     folder = Path(tempfile.mkdtemp(prefix="homepage-pgbouncer-"))
@@ -47,8 +55,8 @@ unix_socket_dir =
 auth_type = scram-sha-256
 auth_file = {folder}/userlist.txt
 pool_mode = transaction
-default_pool_size = 4
-max_client_conn = 50
+default_pool_size = {pool_size}
+max_client_conn = {max_client_conn}
 {tls_lines}logfile = {folder}/pgbouncer.log
 pidfile = {folder}/pgbouncer.pid
 """)
