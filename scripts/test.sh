@@ -78,6 +78,14 @@ if [[ ! tests/k8s/package-lock.json -ot .cache/k8s-crds/package-lock.json ]]; th
   cp tests/k8s/package.json tests/k8s/package-lock.json .cache/k8s-crds/
   (cd .cache/k8s-crds && npm ci --silent --no-audit --no-fund)
 fi
+# The Supabase CLI 3.1.0 (pinned by the lock) for tests/test_inspect_db.py: the registry package
+# @supabase/cli-linux-x64 is the binary itself, so no install script and no download from GitHub.
+supabase_cli=.cache/supabase-cli/node_modules/@supabase/cli-linux-x64/bin/supabase
+if [[ ! -x $supabase_cli || ! tests/supabase_cli/package-lock.json -ot .cache/supabase-cli/package-lock.json ]]; then
+  rm -rf .cache/supabase-cli && mkdir -p .cache/supabase-cli
+  cp tests/supabase_cli/package.json tests/supabase_cli/package-lock.json .cache/supabase-cli/
+  (cd .cache/supabase-cli && npm ci --silent --no-audit --no-fund --ignore-scripts)
+fi
 
 echo "==> ruff"
 .venv/bin/ruff check .
