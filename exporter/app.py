@@ -219,7 +219,9 @@ async def run_all(target: Target, config: Config) -> tuple[QueryError | None, li
     """Ping, then every enabled query once, concurrently within the pool; the ping's error if
     the database cannot be reached (and then no query runs: each would say the same)."""
     s = target.settings
-    async with target.open_database() as db:
+    # Every query at once, not spread as the daemon's are: two connections, as before one
+    # connection per target was the default, so that none waits out its deadline in a queue.
+    async with target.open_database(at_least=2) as db:
         error = await ping(db, s.connect_timeout)
         if not reachable(error):
             return error, []

@@ -38,12 +38,14 @@ class Target:
     def params(self) -> Mapping[str, object]:
         return self.settings.query_params()
 
-    def open_database(self) -> Database:
+    def open_database(self, *, at_least: int = 1) -> Database:
+        """This target's database, with `at_least` connections allowed whatever the pool
+        size (for one-shot runs that start every query at once)."""
         s = self.settings
         return Database(
             s.database_url.get_secret_value(),
             password=s.database_password(),
-            pool_size=s.pool_size,
+            pool_size=max(s.pool_size, at_least),
             statement_cache_size=s.statement_cache_size,
             connect_timeout=s.connect_timeout,
             # The ping (or a query) uses the most recently used connection at least once a
