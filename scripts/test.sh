@@ -6,6 +6,8 @@ cd "$(dirname "$0")/.."
 
 debs=(postgresql-15 postgresql-contrib postgresql-15-cron prometheus prometheus-alertmanager pgbouncer
       openssl procps chromium)
+# tests/test_inspect_db.py moves a throwaway server's clock on (a query five minutes old, at once).
+debs+=(libfaketime)
 missing=()
 for pkg in "${debs[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")

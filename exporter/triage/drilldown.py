@@ -464,7 +464,10 @@ async def cms_sessions(ctx: Context, slower_than: float) -> list[dict[str, Any]]
         "   AND pid <> pg_backend_pid() AND application_name <> 'homepage-cms-exporter'"
         "   AND state IS DISTINCT FROM 'idle'),"
         " touching AS (SELECT DISTINCT l.pid FROM pg_locks l JOIN cms ON cms.oid = l.relation),"
-        " blockers AS (SELECT DISTINCT unnest(pg_blocking_pids(pid)) AS pid FROM a)"
+        " own AS (SELECT pid FROM a WHERE pid IN (SELECT pid FROM touching) OR query ~* $1),"
+        # A blocker is the CMS's when it holds up a CMS session: the shop's own lock chain is
+        # not (its holder would otherwise be named, and offered a cancel).
+        " blockers AS (SELECT DISTINCT unnest(pg_blocking_pids(pid)) AS pid FROM own)"
         " SELECT a.pid, a.usename::text AS role, a.application_name AS application, a.state,"
         " greatest(0, extract(epoch FROM clock_timestamp()"
         "   - coalesce(a.query_start, a.xact_start)))::numeric(12, 1) AS age_seconds,"
@@ -473,8 +476,7 @@ async def cms_sessions(ctx: Context, slower_than: float) -> list[dict[str, Any]]
         " a.query ~* $2 AS maintenance,"
         f" left(regexp_replace(a.query, '\\s+', ' ', 'g'), {QUERY_PREFIX_CHARS}) AS query_prefix"
         " FROM a"
-        " WHERE (a.pid IN (SELECT pid FROM touching) OR a.query ~* $1"
-        "        OR a.pid IN (SELECT pid FROM blockers))"
+        " WHERE (a.pid IN (SELECT pid FROM own) OR a.pid IN (SELECT pid FROM blockers))"
         " AND (a.pid IN (SELECT pid FROM blockers) OR cardinality(pg_blocking_pids(a.pid)) > 0"
         "      OR (a.state = 'active'"
         "          AND a.query_start < clock_timestamp() - make_interval(secs => $3)))"
