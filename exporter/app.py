@@ -271,6 +271,10 @@ def check(
         f" ({len(config.queries) - len(enabled)} disabled){title}\n"
     )
     if not connect:
+        out.write(
+            "not connected to the database: add --connect to run every query once, read-only,"
+            " as the exporter would\n"
+        )
         return 0
     error, outcomes = asyncio.run(run_all(target, config))
     if error is not None:
@@ -281,7 +285,7 @@ def check(
     for o in outcomes:
         name = o.query.name.ljust(width)
         if o.skipped is not None:
-            out.write(f"skip  {name}  requires {o.skipped}\n")
+            out.write(f"skip  {name}  requires {o.skipped.advice}\n")
         elif o.error is not None:
             failed += 1
             out.write(

@@ -137,6 +137,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             return once(_pick(targets, args.target), config)
         if args.command == "triage":
             return _triage(_pick(targets, args.target, "triage"), config, args.json, redact)
+        if "database_url" not in settings.model_fields_set and settings.targets_file is None:
+            logs.get_logger().warning(
+                "no_database_url",
+                using=settings.database_url.get_secret_value(),
+                hint="set DATABASE_URL (or --database-url) to the CMS's database",
+            )
         _run(Daemon(settings, config, targets, web))
         return EXIT_OK
     except ConfigError as exc:

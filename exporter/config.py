@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from exporter.contract import Need
 from exporter.durations import format_duration
 from exporter.errors import ConfigError
 from exporter.schema import MetricType, Param, QueriesFile, QuerySpec
@@ -42,7 +43,7 @@ class Query:
     name: str
     help: str
     sql: str
-    needs: tuple[str, ...]
+    needs: tuple[Need, ...]  # checked against the catalog before each run (contract.py)
     interval: float
     timeout: float
     stale_after: float

@@ -161,6 +161,11 @@ class Incident:
     labels: tuple[tuple[str, str], ...] = ()
 
     @property
+    def metrics(self) -> frozenset[str]:
+        """The metrics its condition reads."""
+        return frozenset(s.metric for s in (self.when, self.also, self.unless) if s is not None)
+
+    @property
     def section(self) -> str:
         """The docs/runbook.md anchor, as the alert's runbook_url names it."""
         return self.alert.lower()

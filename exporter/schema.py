@@ -9,11 +9,13 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    PlainValidator,
     StrictBool,
     StrictInt,
     StrictStr,
 )
 
+from exporter.contract import Need, parse_need
 from exporter.durations import parse_duration
 
 SCHEMA_VERSION = 1
@@ -35,6 +37,19 @@ class Param(StrEnum):
 
     LOCALES = "locales"
     MEDIA_STORAGE_QUOTA_BYTES = "media_storage_quota_bytes"
+    # The CMS's vocabulary (settings, so a CMS that differs from the reference schema where the
+    # runbook is silent needs no edited SQL): which tables are the CMS, the schedule statuses,
+    # and the optional columns of section_schedules (read through to_jsonb, so a column that
+    # does not exist reads NULL instead of failing the query).
+    CMS_TABLES = "cms_tables"
+    SCHEDULE_PENDING = "schedule_pending"
+    SCHEDULE_PUBLISHED = "schedule_published"
+    SCHEDULE_FAILED = "schedule_failed"
+    SCHEDULE_CANCELLED = "schedule_cancelled"
+    SCHEDULE_SECTION_COLUMN = "schedule_section_column"
+    SCHEDULE_VERSION_COLUMN = "schedule_version_column"
+    SCHEDULE_PROCESSED_COLUMN = "schedule_processed_column"
+    SCHEDULE_ERROR_COLUMN = "schedule_error_column"
 
 
 def _duration(value: object) -> float:
@@ -71,6 +86,15 @@ Duration = Annotated[float, BeforeValidator(_duration)]
 Interval = Annotated[float, BeforeValidator(_duration), AfterValidator(_interval)]
 Timeout = Annotated[float, BeforeValidator(_duration), AfterValidator(_timeout)]
 LabelName = Annotated[StrictStr, Field(pattern=LABEL_NAME), AfterValidator(_no_dunder)]
+
+
+def _need(value: object) -> Need:
+    if not isinstance(value, str):
+        raise ValueError(f"expected a string, got {type(value).__name__}")
+    return parse_need(value)
+
+
+NeedLine = Annotated[Need, PlainValidator(_need)]
 NonEmpty = Annotated[StrictStr, Field(min_length=1)]
 
 
@@ -94,7 +118,7 @@ class QuerySpec(_Strict):
 
     name: Annotated[StrictStr, Field(pattern=QUERY_NAME)]
     help: NonEmpty
-    needs: tuple[NonEmpty, ...] = ()
+    needs: tuple[NeedLine, ...] = ()  # the schema contract: exporter/contract.py
     sql: NonEmpty
     interval: Interval
     timeout: Timeout

@@ -93,6 +93,9 @@ class ListenAddress:
         return f"{host}:{self.port}"
 
 
+IDENTIFIER = r"^[a-z_][a-z0-9_]{0,62}$"  # a column name as PostgreSQL folds it
+
+
 class Settings(BaseSettings):
     """Everything the process needs besides the queries file."""
 
@@ -155,6 +158,45 @@ class Settings(BaseSettings):
     media_storage_quota_bytes: int | None = Field(
         default=None, gt=0, description="media storage quota, for homepage_media_storage_percent"
     )
+    # The CMS's vocabulary where the runbook is silent; defaults are the reference schema's.
+    cms_tables: Annotated[tuple[str, ...], NoDecode, BeforeValidator(_split_list)] = Field(
+        default=("homepage%", "section%", "media%"),
+        description="comma-separated LIKE patterns of the CMS's tables in schema public",
+    )
+    schedule_pending: str = Field(
+        default="pending", min_length=1, description="section_schedules.status of a waiting one"
+    )
+    schedule_published: str = Field(
+        default="completed", min_length=1, description="section_schedules.status once published"
+    )
+    schedule_failed: str = Field(
+        default="failed", min_length=1, description="section_schedules.status of a failed one"
+    )
+    schedule_cancelled: str = Field(
+        default="cancelled",
+        min_length=1,
+        description="section_schedules.status of one withdrawn before it ran",
+    )
+    schedule_section_column: str = Field(
+        default="section_id",
+        pattern=IDENTIFIER,
+        description="section_schedules' column naming the section (optional: names rows)",
+    )
+    schedule_version_column: str = Field(
+        default="version_id",
+        pattern=IDENTIFIER,
+        description="section_schedules' column naming the version to publish (optional)",
+    )
+    schedule_processed_column: str = Field(
+        default="processed_at",
+        pattern=IDENTIFIER,
+        description="section_schedules' time of the run (optional: else updated_at)",
+    )
+    schedule_error_column: str = Field(
+        default="error_message",
+        pattern=IDENTIFIER,
+        description="section_schedules' error text of a failed run (optional)",
+    )
 
     @field_validator("database_url")
     @classmethod
@@ -186,6 +228,13 @@ class Settings(BaseSettings):
             raise ValueError("expected at least one locale, such as en")
         return value
 
+    @field_validator("cms_tables")
+    @classmethod
+    def _cms_tables(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        if not value:
+            raise ValueError("expected at least one LIKE pattern, such as homepage%")
+        return value
+
     @property
     def listen(self) -> ListenAddress:
         return ListenAddress.parse(self.listen_address)
@@ -195,6 +244,15 @@ class Settings(BaseSettings):
         return {
             Param.LOCALES: list(self.locales),
             Param.MEDIA_STORAGE_QUOTA_BYTES: self.media_storage_quota_bytes,
+            Param.CMS_TABLES: list(self.cms_tables),
+            Param.SCHEDULE_PENDING: self.schedule_pending,
+            Param.SCHEDULE_PUBLISHED: self.schedule_published,
+            Param.SCHEDULE_FAILED: self.schedule_failed,
+            Param.SCHEDULE_CANCELLED: self.schedule_cancelled,
+            Param.SCHEDULE_SECTION_COLUMN: self.schedule_section_column,
+            Param.SCHEDULE_VERSION_COLUMN: self.schedule_version_column,
+            Param.SCHEDULE_PROCESSED_COLUMN: self.schedule_processed_column,
+            Param.SCHEDULE_ERROR_COLUMN: self.schedule_error_column,
         }
 
     def database_password(self) -> str | None:
@@ -244,6 +302,23 @@ def unknown_settings(env_file: Path | None = None) -> list[str]:
     return found
 
 
+def _env_name(field: str, env_file: Path | None) -> str:
+    """The variable the user set for `field`: pydantic reports a field with aliases under its
+    first alias (HOMEPAGE_EXPORTER_DATABASE_URL) even when the value came from DATABASE_URL."""
+    prefixed = f"{ENV_PREFIX}{field.upper()}"
+    aliases = (
+        Settings.model_fields[field].validation_alias if field in Settings.model_fields else None
+    )
+    names = [prefixed]
+    if isinstance(aliases, AliasChoices):
+        names += [str(a) for a in aliases.choices if str(a).isupper() and str(a) != prefixed]
+    dotenv = dotenv_values(env_file or ".env") if (env_file or Path(".env")).is_file() else {}
+    for name in names:
+        if name in os.environ or name in dotenv:
+            return name
+    return prefixed
+
+
 def _flag_name(field: str) -> str:
     return "--" + field.replace("_", "-")
 
@@ -263,7 +338,7 @@ def load_settings(
         first = exc.errors()[0]
         # A field with aliases is reported under the alias it came from (the env name).
         field = str(first["loc"][0]).removeprefix(ENV_PREFIX).lower() if first["loc"] else "?"
-        source = f"flag {_flag_name(field)}" if field in given else f"{ENV_PREFIX}{field.upper()}"
+        source = f"flag {_flag_name(field)}" if field in given else _env_name(field, env_file)
         raise ConfigError.at(f"setting {source}", describe(first)) from None
     except SettingsError as exc:
         # pydantic-settings words these as: error parsing value for field "X" from source "Y"

@@ -16,24 +16,10 @@ from types import MappingProxyType
 from typing import Protocol
 
 from exporter.config import Query
+from exporter.contract import Requirement as Requirement  # re-exported: Outcome names it
 from exporter.errors import ErrorReason, QueryError
 from exporter.exposition import EMPTY, Fragment
 from exporter.mapping import Family
-
-
-@dataclass(frozen=True, slots=True)
-class Requirement:
-    """Something the server must have for a query to run: an extension or a version."""
-
-    kind: str  # "extension" or "server_version"
-    value: str
-
-    def __str__(self) -> str:
-        return (
-            f"extension:{self.value}"
-            if self.kind == "extension"
-            else f"server_version>={self.value}"
-        )
 
 
 @dataclass(frozen=True, slots=True)

@@ -219,7 +219,7 @@ def render(
         )
         for snap in snaps:
             if snap.skipped is not None:
-                q_state, word = "unknown", f"skipped: needs {snap.skipped}"
+                q_state, word = "unknown", f"skipped: needs {snap.skipped.advice}"
             elif snap.up is None:
                 q_state, word = "unknown", "not run yet"
             else:

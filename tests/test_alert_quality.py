@@ -40,6 +40,7 @@ JOB = "process-scheduled-publishes"
 INSTANCE = 'job="homepage-cms", instance="db1:10187"'
 
 HEALTHY = f"""
+ALTER TABLE section_products RESET (autovacuum_enabled);
 TRUNCATE homepage_sections, section_versions, section_versions_archive, section_schedules,
   section_products, section_categories, media_assets CASCADE;
 INSERT INTO homepage_sections (id, section_key, locale, status, is_active, display_order)
@@ -256,7 +257,8 @@ INCIDENTS = [
           return_message = 'ERROR: permission denied for table section_schedules';""",
              frozenset({("HomepageCronJobFailed", "warning")}), within=5),
     Scenario("P3: a runaway query and a bloated table", "incident",
-             """INSERT INTO section_products (section_id, product_id)
+             """ALTER TABLE section_products SET (autovacuum_enabled = false);
+                INSERT INTO section_products (section_id, product_id)
                 SELECT (SELECT id FROM homepage_sections LIMIT 1), gen_random_uuid()
                 FROM generate_series(1, 5000);
                 DELETE FROM section_products;""",

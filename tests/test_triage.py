@@ -268,7 +268,8 @@ def test_p3_a_forgotten_session_blocks_the_homepage(pg: Cluster, homepage: str) 
         )
         started = time.monotonic()
         code, data = report(pg, homepage)
-        assert time.monotonic() - started < 10  # its own deadline: triage never waits on a lock
+        # Its own deadlines: triage never waits on the lock (held 60 s) to be released.
+        assert time.monotonic() - started < 40
         assert code in (1, 3), data  # P3, or P1 if the render itself is the one blocked
         p3 = [f for f in data["findings"] if f["severity"] == "P3" and "blocked" in f["title"]]
         assert p3, data["findings"]

@@ -100,13 +100,17 @@ def _merge(query: Query, runs: Sequence[Outcome]) -> Outcome:
 
 
 async def _run_queries(
-    db: Database, config: Config, target: Target
+    db: Database, config: Config, target: Target, incidents: Sequence[Incident]
 ) -> tuple[list[Outcome], dict[str, str]]:
     params, cap = target.params, target.settings.max_series_per_query
     failed: dict[str, str] = {}
+    # Only the queries an incident reads: the 6-hourly scans of version content, say, decide
+    # nothing here and would only spend the deadline.
+    read = {m for i in incidents for m in i.metrics}
     queries = [
         dataclasses.replace(q, timeout=min(q.timeout, QUERY_DEADLINE_SECONDS))
         for q in config.enabled
+        if q.name == RENDER or any(m.name in read for m in q.metrics)
     ]
     render = [q for q in queries if q.name == RENDER]
     rest = [q for q in queries if q.name != RENDER]
@@ -148,7 +152,7 @@ async def triage(
             report.no_cms = report.target
             report.seconds = time.monotonic() - started
             return report
-        outcomes, report.failed = await _run_queries(db, config, target)
+        outcomes, report.failed = await _run_queries(db, config, target, chosen)
         errors: dict[str, str] = {}
         for o in outcomes:
             if o.error is not None:
@@ -159,7 +163,7 @@ async def triage(
         up = {o.query.name: o.error is None for o in outcomes if o.skipped is None}
         samples = samples_of((f for o in outcomes for f in o.families), up)
         firings = evaluate(samples, t, time.time(), chosen)
-        ctx = Context(db, s.locales, t, errors, DRILLDOWN_TIMEOUT_SECONDS)
+        ctx = Context(db, s.locales, t, errors, DRILLDOWN_TIMEOUT_SECONDS, target.params)
 
         async def explain(firing: Any) -> Finding:
             try:

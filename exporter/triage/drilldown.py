@@ -35,12 +35,14 @@ class Context:
         thresholds: Mapping[str, Any],
         errors: Mapping[str, str],
         timeout: float,
+        params: Mapping[str, object],
     ) -> None:
         self.db = db
         self.locales = list(locales)
         self.thresholds = thresholds
         self.errors = errors  # query -> the error of its failed run
         self.timeout = timeout
+        self.params = params  # the target's query parameters: the CMS's vocabulary
 
     async def rows(self, sql: str, *args: object) -> list[dict[str, Any]]:
         result = await self.db.fetch(sql, args, self.timeout)
@@ -248,24 +250,59 @@ async def rls_disabled(ctx: Context, firing: Firing) -> Finding:
     )
 
 
-_SCHEDULE = (
-    "SELECT s.id::text AS id, hs.section_key, hs.locale, s.publish_at,"
-    " v.version_number AS version, live.version_number AS live_version"
-    " FROM section_schedules s"
-    " LEFT JOIN homepage_sections hs ON hs.id = s.section_id"
-    " LEFT JOIN section_versions v ON v.id = s.version_id AND v.section_id = s.section_id"
-    " LEFT JOIN section_versions live ON live.id = hs.published_version_id"
-)
+# The schedules as the CMS keeps them: status and publish_at are the runbook's; the section,
+# the version, the time of the run and the error are read through to_jsonb under the names
+# the settings give, so a CMS without one of them still answers (NULL).
+def _schedules(ctx: Context, where: str) -> str:
+    return (
+        "WITH s AS (SELECT sc.id::text AS id, sc.status, sc.publish_at,"
+        "   j ->> $1::text AS section, j ->> $2::text AS version_id, j ->> $3::text AS error,"
+        "   coalesce((j ->> $4::text)::timestamptz, sc.updated_at) AS processed_at"
+        "   FROM section_schedules sc, LATERAL to_jsonb(sc) AS j)"
+        " SELECT s.id, hs.section_key, hs.locale, s.publish_at, s.processed_at,"
+        " left(regexp_replace(coalesce(s.error, ''), '\\s+', ' ', 'g'), 120) AS error,"
+        " v.version_number AS version, live.version_number AS live_version,"
+        " hs.id::text AS section_id"
+        " FROM s LEFT JOIN homepage_sections hs ON hs.id::text = s.section"
+        " LEFT JOIN section_versions v ON v.id::text = s.version_id AND v.section_id = hs.id"
+        " LEFT JOIN section_versions live ON live.id = hs.published_version_id"
+        f" WHERE {where}"
+    )
+
+
+def _columns_args(ctx: Context) -> tuple[object, ...]:
+    p = ctx.params
+    return (
+        p["schedule_section_column"],
+        p["schedule_version_column"],
+        p["schedule_error_column"],
+        p["schedule_processed_column"],
+    )
+
+
+async def _schedule_columns(ctx: Context) -> set[str]:
+    rows = await ctx.rows(
+        "SELECT attname::text AS name FROM pg_attribute"
+        " WHERE attrelid = to_regclass('public.section_schedules') AND attnum > 0"
+        " AND NOT attisdropped"
+    )
+    return {str(r["name"]) for r in rows}
 
 
 async def publish_lag(ctx: Context, firing: Firing) -> Finding:
+    pending = str(ctx.params["schedule_pending"])
     overdue = await ctx.rows(
-        _SCHEDULE.replace(
-            "SELECT ", "SELECT extract(epoch FROM now() - s.publish_at)::bigint AS age_seconds, ", 1
+        _schedules(ctx, "s.status = $5::text AND s.publish_at <= now()").replace(
+            " SELECT s.id,",
+            " SELECT extract(epoch FROM now() - s.publish_at)::bigint AS age_seconds, s.id,",
+            1,
         )
-        + " WHERE s.status = 'pending' AND s.publish_at <= now()"
-        f" ORDER BY s.publish_at, s.id LIMIT {MAX_ROWS}"
+        + f" ORDER BY s.publish_at, s.id LIMIT {MAX_ROWS}",
+        *_columns_args(ctx),
+        pending,
     )
+    for row in overdue:
+        del row["error"], row["processed_at"]
     # A schedule whose version is not newer than the live one would put an older version live.
     older = [
         r
@@ -278,8 +315,9 @@ async def publish_lag(ctx: Context, firing: Firing) -> Finding:
     if older:
         # Processing these would roll the homepage back: withdraw them first.
         statements.append(
-            "UPDATE section_schedules SET status = 'cancelled'"
-            f" WHERE id IN ({_ids(older)}) AND status = 'pending';"
+            "UPDATE section_schedules SET status ="
+            f" {literal(str(ctx.params['schedule_cancelled']))}"
+            f" WHERE id IN ({_ids(older)}) AND status = {literal(pending)};"
         )
     statements.append("SELECT * FROM process_scheduled_publishes();")
     oldest = float(overdue[0]["age_seconds"]) if overdue else 0.0
@@ -296,47 +334,65 @@ async def publish_lag(ctx: Context, firing: Firing) -> Finding:
 
 
 async def publish_failures(ctx: Context, firing: Firing) -> Finding:
+    failed_word = str(ctx.params["schedule_failed"])
+    recent = "s.status = $5::text AND s.processed_at > now() - interval '1 hour'"
     failed = await ctx.rows(
-        _SCHEDULE.replace(
-            "SELECT ",
-            "SELECT s.processed_at, left(regexp_replace(coalesce("
-            "s.error_message, ''), '\\s+', ' ', 'g'), 120) AS error, ",
-            1,
-        )
-        + " WHERE s.status = 'failed' AND s.processed_at > now() - interval '1 hour'"
-        f" ORDER BY s.processed_at DESC, s.id LIMIT {MAX_ROWS}"
+        _schedules(ctx, recent) + f" ORDER BY s.processed_at DESC, s.id LIMIT {MAX_ROWS}",
+        *_columns_args(ctx),
+        failed_word,
     )
     # Re-queue only what would move the homepage forward: per section the newest failed
-    # schedule, of a version of that section newer than the live one, with nothing scheduled
-    # or published for the section after it.
-    requeue = await ctx.rows(
-        "SELECT DISTINCT ON (s.section_id) s.id::text AS id FROM section_schedules s"
-        " JOIN section_versions v ON v.id = s.version_id AND v.section_id = s.section_id"
-        " JOIN homepage_sections hs ON hs.id = s.section_id"
-        " LEFT JOIN section_versions live ON live.id = hs.published_version_id"
-        " WHERE s.status = 'failed' AND s.processed_at > now() - interval '1 hour'"
-        " AND (live.id IS NULL OR v.version_number > live.version_number)"
-        " AND NOT EXISTS (SELECT FROM section_schedules later"
-        "   WHERE later.section_id = s.section_id AND later.id <> s.id"
-        "   AND later.status IN ('pending', 'completed') AND later.publish_at >= s.publish_at)"
-        " ORDER BY s.section_id, s.publish_at DESC, s.id"
+    # schedule, of a version of that section newer than the live one, with nothing waiting or
+    # published for the section after it. Without a version column nothing can be judged, so
+    # nothing is offered.
+    candidates = [
+        r
+        for r in failed
+        if r["version"] is not None
+        and (r["live_version"] is None or int(r["version"]) > int(r["live_version"]))
+    ]
+    later = await ctx.rows(
+        _schedules(ctx, "s.status IN ($5::text, $6::text)"),
+        *_columns_args(ctx),
+        str(ctx.params["schedule_pending"]),
+        str(ctx.params["schedule_published"]),
     )
+    requeue: dict[str, dict[str, Any]] = {}
+    for r in sorted(candidates, key=lambda r: (r["publish_at"], r["id"]), reverse=True):
+        section = r["section_id"]
+        replaced = any(
+            o["section_id"] == section and o["publish_at"] >= r["publish_at"] for o in later
+        )
+        if section not in requeue and not replaced:
+            requeue[section] = r
+        elif section not in requeue:
+            requeue[section] = {}  # the newest failure of the section was replaced: none
+    chosen = [r for r in requeue.values() if r]
+    columns = await _schedule_columns(ctx)
+    resets = [
+        f"{c} = NULL"
+        for c in (ctx.params["schedule_error_column"], ctx.params["schedule_processed_column"])
+        if c in columns
+    ]
     statements = (
         [
-            "UPDATE section_schedules SET status = 'pending', error_message = NULL,"
-            f" processed_at = NULL WHERE id IN ({_ids(requeue)}) AND status = 'failed';"
+            "UPDATE section_schedules SET "
+            + ", ".join([f"status = {literal(str(ctx.params['schedule_pending']))}", *resets])
+            + f" WHERE id IN ({_ids(chosen)}) AND status = {literal(failed_word)};"
         ]
-        if requeue
+        if chosen
         else []
     )
     step = "Read the errors: a broken function or data it refuses. Fix the cause"
     step += (
         ", then re-queue the newest failed schedule of each section (only those that publish a"
         " version newer than the live one)."
-        if requeue
+        if chosen
         else "; nothing to re-queue: each failed schedule would publish a version no newer than"
         " the live one, or a later schedule replaced it."
     )
+    for row in failed:
+        del row["section_id"]
     return Finding(
         firing.incident,
         f"{len(failed)} scheduled publishes failed in the last hour",
@@ -447,9 +503,10 @@ async def not_security_definer(ctx: Context, firing: Firing) -> Finding:
 # Sessions that touch the CMS, as the runbook's own P3 query looks for them, and more exactly:
 # by the CMS relations they hold locks on, or by the CMS's names in their query text. Someone
 # else's query (the shop's analytics) is not a CMS incident and is never offered a cancel.
-CMS_RELATIONS = (
+CMS_RELATIONS = (  # HOMEPAGE_EXPORTER_CMS_TABLES, and their partitions
     "SELECT c.oid FROM pg_class c WHERE c.relnamespace = 'public'::regnamespace"
-    " AND (c.relname LIKE 'homepage%' OR c.relname LIKE 'section%' OR c.relname LIKE 'media%')"
+    " AND (SELECT r.relname FROM pg_class r WHERE r.oid = coalesce(pg_partition_root(c.oid),"
+    " c.oid)) LIKE ANY ($4::text[])"
 )
 CMS_TEXT = "(homepage|section_|media_assets|get_homepage_content|process_scheduled_publishes)"
 # The runbook's own maintenance, which a cancel would break: pg_dump's COPY ... TO stdout,
@@ -484,6 +541,7 @@ async def cms_sessions(ctx: Context, slower_than: float) -> list[dict[str, Any]]
         CMS_TEXT,
         MAINTENANCE,
         slower_than,
+        ctx.params["cms_tables"],
     )
 
 

@@ -365,7 +365,7 @@ def _rows(t: Thresholds) -> list[tuple[str, list[Panel]]]:
                     "Connections used",
                     [(f"{r.CONNECTIONS_RATIO}{{{SEL}}}", "of max_connections")],
                     "percentunit",
-                    thresholds=rising(t.connections_ratio),
+                    thresholds=rising(t.connections_ratio, t.connections_ratio_critical),
                     runbook="PostgresConnectionsHigh",
                 ),
                 Panel(

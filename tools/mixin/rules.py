@@ -381,6 +381,18 @@ def alerts(t: Thresholds) -> list[Alert]:
             " {{ $value | humanizeDuration }} ago, beyond its staleness window.",
             "exporter",
         ),
+        Alert(
+            "HomepageExporterQuerySkipped",
+            WARNING,
+            'homepage_exporter_query_skipped{requirement=~"(relation|column|function):.*"} == 1',
+            "15m",
+            "A check is skipped: the database lacks what it reads.",
+            "Query {{ $labels.query }} on {{ $labels.instance }} is not run: the database has no"
+            " {{ $labels.requirement }}. Run exporter/sql/exporter_role.sql if the object is in"
+            " schema homepage_exporter; else set the CMS's vocabulary (README, Your CMS's"
+            " vocabulary). A deployment mistake, never a page: the check stays blind until fixed.",
+            "exporter",
+        ),
         # --- runbook coverage added with the alert-quality review ----------------------------
         Alert(
             "HomepagePublishSuccessRateLow",

@@ -1,0 +1,59 @@
+"""The schema contract's `needs:` lines: parsed once at load, refused with the place named."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from exporter.config import load_config
+from exporter.contract import Need, Requirement, parse_need, requirement
+from exporter.errors import ConfigError
+
+
+@pytest.mark.parametrize(
+    ("line", "need"),
+    [
+        ("section_schedules(status, publish_at)", Need("relation", "public.section_schedules", ("status", "publish_at"))),
+        ("homepage_exporter.cron_job", Need("relation", "homepage_exporter.cron_job")),
+        ("function homepage_exporter.render_as_anon(text[])", Need("function", "homepage_exporter.render_as_anon(text[])")),
+        ("function get_homepage_content(text)", Need("function", "public.get_homepage_content(text)")),
+        ("  media_assets( file_size ) ", Need("relation", "public.media_assets", ("file_size",))),
+    ],
+)  # fmt: skip
+def test_each_form_parses(line: str, need: Need) -> None:
+    assert parse_need(line) == need
+
+
+@pytest.mark.parametrize(
+    "line",
+    ["pg_class, pg_policy", "section_schedules()", "get_homepage_content(text) (migration)",
+     "section_schedules(status, 1col)", "function", ""],
+)  # fmt: skip
+def test_anything_else_is_refused_with_the_forms(line: str) -> None:
+    with pytest.raises(ValueError, match="expected"):
+        parse_need(line)
+
+
+def test_a_bad_needs_line_names_file_line_and_key(tmp_path: Path) -> None:
+    path = tmp_path / "queries.yaml"
+    path.write_text(
+        "version: 1\nqueries:\n  - name: q\n    help: h\n    interval: 30s\n    timeout: 5s\n"
+        '    needs: ["section_schedules(status)", "pg_class, pg_policy"]\n'
+        "    sql: SELECT 1 AS v\n    metrics:\n      - {name: m, help: h, value: v}\n"
+    )
+    with pytest.raises(ConfigError) as error:
+        load_config(path)
+    assert f"{path}:7: queries.q.needs[1]: expected" in str(error.value)
+
+
+def test_the_role_scripts_objects_say_to_run_it() -> None:
+    need = parse_need("function homepage_exporter.render_as_anon(text[])")
+    assert requirement(need, None).advice == (
+        "function:homepage_exporter.render_as_anon(text[])"
+        " (run exporter/sql/exporter_role.sql, or run it again)"
+    )
+    column = requirement(parse_need("section_schedules(status, updated_at)"), "updated_at")
+    assert str(column) == "column:public.section_schedules.updated_at"
+    assert "vocabulary" in column.advice
+    assert str(Requirement("server_version", "13")) == "server_version>=13"
