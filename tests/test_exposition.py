@@ -6,14 +6,17 @@ import gzip
 import math
 import shutil
 import subprocess
+from collections.abc import Iterator
 
 import pytest
+from prometheus_client.exposition import choose_encoder
 from prometheus_client.openmetrics.parser import (
     text_string_to_metric_families as parse_openmetrics,
 )
 from prometheus_client.parser import text_string_to_metric_families as parse_text
 
 from exporter.config import Metric
+from exporter.demo.cluster import free_port
 from exporter.exposition import (
     Fragment,
     Page,
@@ -23,6 +26,7 @@ from exporter.exposition import (
 )
 from exporter.mapping import Family, Sample
 from exporter.schema import MetricType
+from tests.harness import Exporter, exporter_env
 
 HOSTILE = 'quote " backslash \\ newline \n zürich ✓'
 
@@ -111,3 +115,46 @@ def test_openmetrics_negotiation(accept: str, expected: bool) -> None:
 )
 def test_gzip_negotiation(header: str, expected: bool) -> None:
     assert accepts_gzip(header) is expected
+
+
+# What prometheus/client_python's choose_encoder (exposition.py) and Prometheus's own
+# negotiation (prometheus/common expfmt.NegotiateIncludingOpenMetrics, whose goautoneg sort
+# keeps header order between equal weights) both answer: OpenMetrics on a tie listed first.
+# Prometheus scrapes with the last header (OpenMetrics at q=0.5, above text).
+TIE = "application/openmetrics-text;q=0.5, text/plain;q=0.5"
+PROMETHEUS_SCRAPE = (
+    "application/openmetrics-text;version=1.0.0;q=0.5,"
+    "application/openmetrics-text;version=0.0.1;q=0.4,text/plain;version=0.0.4;q=0.3,*/*;q=0.2"
+)
+
+
+@pytest.fixture(scope="module")
+def served() -> Iterator[Exporter]:
+    """The real exporter over real HTTP; its database is unreachable, its page still served."""
+    exporter = Exporter(exporter_env(f"postgresql://u@127.0.0.1:{free_port()}/db"))
+    try:
+        yield exporter.wait_healthy()
+    finally:
+        exporter.close()
+
+
+@pytest.mark.parametrize(
+    ("accept", "openmetrics"),
+    [
+        (TIE, True),
+        (PROMETHEUS_SCRAPE, True),
+        ("text/plain;q=0.9, application/openmetrics-text;q=0.5", False),
+        ("", False),
+    ],
+    ids=["tie", "prometheus-scrape", "text-preferred", "none"],
+)
+def test_negotiation_over_http_agrees_with_client_python(
+    served: Exporter, accept: str, openmetrics: bool
+) -> None:
+    status, headers, body = served.get("/metrics", {"Accept": accept})
+    assert status == 200
+    kind = headers["Content-Type"].split(";")[0]
+    assert kind == ("application/openmetrics-text" if openmetrics else "text/plain")
+    assert body.endswith(b"# EOF\n") is openmetrics
+    if accept.startswith("application/openmetrics-text"):  # client_python's own answer
+        assert choose_encoder(accept)[1].startswith("application/openmetrics-text")

@@ -16,12 +16,15 @@ import pytest
 
 from exporter.demo.cluster import Cluster
 from exporter.errors import ConfigError
-from exporter.webconfig import load_web_config
+from exporter.webconfig import _DUMMY_HASH, load_web_config
 from tests.conftest import exporter_dsn
 from tests.harness import Exporter, exporter_env, http_get, self_signed_cert, write_queries
 
 pytestmark = pytest.mark.slow
 PASSWORD = "Sc4rape-Me"
+# The password behind the hash an unknown user is checked against (so that timing does not
+# tell which users exist): it is in the public source, so it is what an attacker tries first.
+DUMMY_PASSWORD = "homepage-cms-exporter"
 ONE = """\
   - name: one
     help: One.
@@ -95,10 +98,20 @@ def test_metrics_over_tls_with_the_right_password(secured: Exporter) -> None:
         {},
         basic("prometheus", "wrong"),
         basic("nobody", PASSWORD),
+        basic("nobody", DUMMY_PASSWORD),
+        basic("", DUMMY_PASSWORD),
         {"Authorization": "Basic !!"},
         {"Authorization": "Bearer x"},
     ],
-    ids=["missing", "wrong-password", "unknown-user", "garbage", "other-scheme"],
+    ids=[
+        "missing",
+        "wrong-password",
+        "unknown-user",
+        "unknown-user-dummy-password",
+        "empty-user-dummy-password",
+        "garbage",
+        "other-scheme",
+    ],
 )
 def test_bad_or_missing_credentials_get_401(secured: Exporter, headers: dict[str, str]) -> None:
     status, response_headers, _ = http_get(
@@ -106,6 +119,11 @@ def test_bad_or_missing_credentials_get_401(secured: Exporter, headers: dict[str
     )
     assert status == 401
     assert response_headers["WWW-Authenticate"].startswith("Basic")
+
+
+def test_the_dummy_password_is_the_one_behind_the_dummy_hash() -> None:
+    """Else the unknown-user-dummy-password case above would try a password nothing accepts."""
+    assert bcrypt.checkpw(DUMMY_PASSWORD.encode(), _DUMMY_HASH)
 
 
 def test_healthz_is_open_only_when_the_file_says_so(
@@ -142,6 +160,17 @@ def test_plain_http_and_untrusted_clients_are_refused(secured: Exporter) -> None
     strict = ssl.create_default_context()  # does not trust our self-signed certificate
     with pytest.raises(OSError, match="CERTIFICATE_VERIFY_FAILED"):
         http_get(secured.url + "/metrics", basic("prometheus", PASSWORD), context=strict)
+
+
+def test_a_cached_login_does_not_let_another_password_in(secured: Exporter) -> None:
+    """The cache of good logins is keyed by the password too: once the right one got in, a
+    wrong one for the same user is still checked, and refused."""
+    assert secured.get("/metrics")[0] == 200  # the right password, now cached
+    for password in ("wrong", DUMMY_PASSWORD, ""):
+        status, _, _ = http_get(
+            secured.url + "/metrics", basic("prometheus", password), context=secured.context
+        )
+        assert status == 401, password
 
 
 def test_a_good_password_is_checked_once_then_cached(secured: Exporter) -> None:
