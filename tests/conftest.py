@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, settings
 
 from exporter.demo.cluster import Cluster, find_bindir, pgserver_bindir
 from exporter.demo.database import EXPORTER_ROLE, create_cms_database
@@ -26,6 +28,20 @@ CMS_TABLES = (
 )
 
 ROOT = Path(__file__).resolve().parent.parent
+
+# CI (CI=true under .ci/run) draws the same examples on every run: a red build is the code's
+# change, never a new draw; locally, Hypothesis explores (and keeps failures in .hypothesis/).
+# Loaded before any test module is imported, so their @settings inherit it.
+settings.register_profile(
+    "ci",
+    derandomize=True,
+    database=None,
+    print_blob=True,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+if os.environ.get("CI"):
+    settings.load_profile("ci")
 
 
 def npm_bindir(major: int) -> Path | None:

@@ -8,9 +8,11 @@ import io
 import os
 import tempfile
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
+import pytest
 import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -18,7 +20,8 @@ from hypothesis import strategies as st
 from exporter.cli import main
 from exporter.config import Config, load_config
 from exporter.errors import ConfigError
-from exporter.settings import ENV_PREFIX, load_settings
+from exporter.settings import ENV_PREFIX, Settings, load_settings
+from exporter.webconfig import WebConfigFile
 
 KEYS = [
     "version",
@@ -147,40 +150,42 @@ def test_arbitrary_text_loads_or_fails_in_one_line(text: str) -> None:
     load_or_error(text)
 
 
-@PROFILE
-@given(
-    st.sampled_from(
-        [
-            "!!python/object/apply:os.system ['echo pwned']",
-            "a: !!binary AAAA\n",
-            "&a [*a]",
-            "[" * 5000 + "]" * 5000,
-            "{" * 3000,
-            "version: 1\nqueries:\n  - !!set {a, b}\n",
-            "\t\x00\x1b[31m",
-            "version: 1\nqueries: " + "x" * 100_000,
-        ]
-    )
+@pytest.mark.parametrize(
+    "text",
+    [
+        "!!python/object/apply:os.system ['echo pwned']",
+        "a: !!binary AAAA\n",
+        "&a [*a]",
+        "[" * 5000 + "]" * 5000,
+        "{" * 3000,
+        "version: 1\nqueries:\n  - !!set {a, b}\n",
+        "\t\x00\x1b[31m",
+        "version: 1\nqueries: " + "x" * 100_000,
+    ],
+    ids=["python-tag", "binary", "alias", "deep-list", "open-braces", "set", "controls", "huge"],
 )
 def test_hostile_yaml_is_refused_in_one_line(text: str) -> None:
     load_or_error(text)
 
 
-SETTING_NAMES = [
-    "DATABASE_URL",
-    "DATABASE_PASSWORD_FILE",
-    "LISTEN_ADDRESS",
-    "QUERIES_FILE",
-    "LOG_LEVEL",
-    "LOG_FORMAT",
-    "POOL_SIZE",
-    "STATEMENT_CACHE_SIZE",
-    "CONNECT_TIMEOUT",
-    "PING_INTERVAL",
-    "MAX_SERIES_PER_QUERY",
-    "LOCALES",
-    "MEDIA_STORAGE_QUOTA_BYTES",
-]
+def _reads_a_file(annotation: object) -> bool:
+    return annotation is Path or Path in get_args(annotation)
+
+
+# Every setting, from the model itself: a new one is fuzzed the day it is added.
+SETTING_NAMES = sorted(name.upper() for name in Settings.model_fields)
+FILE_SETTINGS = frozenset(
+    name.upper() for name, f in Settings.model_fields.items() if _reads_a_file(f.annotation)
+)
+
+
+@dataclass(frozen=True)
+class Content:
+    """What a setting that names a file points at: a file with this text, written per example."""
+
+    text: str
+
+
 env_values = st.one_of(
     st.text(alphabet=st.characters(blacklist_characters="\x00", codec="utf-8"), max_size=40),
     st.sampled_from(
@@ -204,6 +209,62 @@ env_values = st.one_of(
 )
 
 
+# A file setting's file holds arbitrary text, or YAML with the keys the files it reads know.
+FILE_KEYS = sorted(
+    {*KEYS, *Settings.model_fields, *WebConfigFile.model_fields, "targets", "cert_file"}
+)
+file_trees = st.recursive(
+    scalars,
+    lambda children: st.one_of(
+        st.lists(children, max_size=4),
+        st.dictionaries(st.sampled_from(FILE_KEYS), children, max_size=6),
+    ),
+    max_leaves=25,
+)
+contents = st.builds(
+    Content,
+    st.one_of(
+        st.text(max_size=200),
+        file_trees.map(lambda doc: yaml.safe_dump(doc, allow_unicode=True)),
+    ),
+)
+
+
+@st.composite
+def setting_values(draw: st.DrawFn, max_size: int) -> dict[str, str | Content]:
+    """Some settings, each given an arbitrary value; a file setting, often a file to read."""
+    names = draw(
+        st.lists(st.sampled_from(SETTING_NAMES), min_size=1, max_size=max_size, unique=True)
+    )
+    return {
+        n: draw(st.one_of(env_values, contents) if n in FILE_SETTINGS else env_values)
+        for n in names
+    }
+
+
+def env_of(values: dict[str, str | Content], folder: Path) -> dict[str, str]:
+    """The environment for `values`, writing each file's content into `folder`."""
+    env = {}
+    for name, value in values.items():
+        if isinstance(value, Content):
+            path = folder / name.lower()
+            path.write_text(value.text, encoding="utf-8", errors="surrogatepass")
+            env[ENV_PREFIX + name] = str(path)
+        else:
+            env[ENV_PREFIX + name] = value
+    return env
+
+
+def test_every_setting_that_reads_a_file_is_known() -> None:
+    """The file settings found from the types are the ones the exporter reads."""
+    assert {
+        "DATABASE_PASSWORD_FILE",
+        "QUERIES_FILE",
+        "WEB_CONFIG_FILE",
+        "TARGETS_FILE",
+    } <= FILE_SETTINGS
+
+
 @contextlib.contextmanager
 def environment(values: dict[str, str]) -> Iterator[None]:
     saved = {k: v for k, v in os.environ.items() if k.startswith(ENV_PREFIX) or k == "DATABASE_URL"}
@@ -219,10 +280,13 @@ def environment(values: dict[str, str]) -> Iterator[None]:
 
 
 @PROFILE
-@given(st.dictionaries(st.sampled_from(SETTING_NAMES), env_values, min_size=1, max_size=3))
-def test_any_settings_load_or_name_the_variable(values: dict[str, str]) -> None:
-    env = {ENV_PREFIX + k: v for k, v in values.items()}
-    with environment(env), contextlib.chdir(tempfile.gettempdir()):
+@given(setting_values(max_size=3))
+def test_any_settings_load_or_name_the_variable(values: dict[str, str | Content]) -> None:
+    with (
+        tempfile.TemporaryDirectory() as folder,
+        environment(env_of(values, Path(folder))),
+        contextlib.chdir(tempfile.gettempdir()),
+    ):
         try:
             load_settings()
         except ConfigError as error:
@@ -234,12 +298,12 @@ def test_any_settings_load_or_name_the_variable(values: dict[str, str]) -> None:
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(st.dictionaries(st.sampled_from(SETTING_NAMES), env_values, min_size=1, max_size=2))
-def test_check_exits_0_or_2_with_one_line(values: dict[str, str]) -> None:
-    env = {ENV_PREFIX + k: v for k, v in values.items()}
+@given(setting_values(max_size=2))
+def test_check_exits_0_or_2_with_one_line(values: dict[str, str | Content]) -> None:
     err = io.StringIO()
     with (
-        environment(env),
+        tempfile.TemporaryDirectory() as folder,
+        environment(env_of(values, Path(folder))),
         contextlib.chdir(tempfile.gettempdir()),
         contextlib.redirect_stderr(err),
         contextlib.redirect_stdout(io.StringIO()),
