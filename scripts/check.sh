@@ -7,4 +7,5 @@ cd "$(dirname "$0")/.."
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .
 .venv/bin/mypy
+.venv/bin/lint-imports --no-cache  # the layer contracts in pyproject.toml
 .venv/bin/pytest -q -n auto --maxprocesses 4 --dist loadfile "$@"

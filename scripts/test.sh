@@ -94,6 +94,7 @@ echo "==> ruff"
 .venv/bin/ruff format --check .
 echo "==> mypy --strict"
 .venv/bin/mypy
+.venv/bin/lint-imports --no-cache  # the layer contracts in pyproject.toml
 echo "==> pytest"
 # One worker per core (at most four), a test file per worker at a time: each worker starts its
 # own throwaway clusters and services, so no two tests share a server's state by accident.
