@@ -120,7 +120,7 @@ def test_the_shipped_queries_file_is_valid() -> None:
             GOOD_QUERY.replace(
                 "    help: Publish lag.\n", "    help: Publish lag.\n    params: [tz]\n"
             ),
-            "queries.lag.params[0]: Input should be 'locales' or 'media_storage_quota_bytes'",
+            "queries.lag.params[0]: Input should be 'locales', 'media_storage_quota_bytes', ",
         ),
     ],
     ids=[

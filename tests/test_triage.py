@@ -492,7 +492,7 @@ def test_someone_elses_slow_query_is_no_cms_incident(pg: Cluster, homepage: str)
 
 
 def test_a_failed_check_does_not_hide_a_p2(pg: Cluster, homepage: str) -> None:
-    """A lock makes the media checks time out; the overdue schedule (P2) still decides."""
+    """A lock makes a P3 check time out; the overdue schedule (P2) still decides."""
     pg.psql(
         "INSERT INTO section_schedules (section_id, version_id, publish_at, status)"
         f" SELECT {HERO}, published_version_id, now() - interval '20 minutes', 'pending'"
@@ -521,7 +521,8 @@ def test_a_failed_check_does_not_hide_a_p2(pg: Cluster, homepage: str) -> None:
         holder.wait()
     assert code == 2, data
     assert data["severity"] == "P2"
-    assert "media" in data["failed_checks"]
+    # table_stats measures media_assets' size, which waits on the lock past its deadline.
+    assert "table_stats" in data["failed_checks"]
     assert finding(data, "P2", "")["alert"] == "ScheduledPublishLag"
 
 

@@ -257,7 +257,8 @@ def _schedules(ctx: Context, where: str) -> str:
     return (
         "WITH s AS (SELECT sc.id::text AS id, sc.status, sc.publish_at,"
         "   j ->> $1::text AS section, j ->> $2::text AS version_id, j ->> $3::text AS error,"
-        "   coalesce((j ->> $4::text)::timestamptz, sc.updated_at) AS processed_at"
+        "   CASE WHEN j ? $4::text THEN (j ->> $4::text)::timestamptz ELSE sc.updated_at END"
+        "     AS processed_at"
         "   FROM section_schedules sc, LATERAL to_jsonb(sc) AS j)"
         " SELECT s.id, hs.section_key, hs.locale, s.publish_at, s.processed_at,"
         " left(regexp_replace(coalesce(s.error, ''), '\\s+', ' ', 'g'), 120) AS error,"
@@ -358,7 +359,10 @@ async def publish_failures(ctx: Context, firing: Firing) -> Finding:
         str(ctx.params["schedule_published"]),
     )
     requeue: dict[str, dict[str, Any]] = {}
-    for r in sorted(candidates, key=lambda r: (r["publish_at"], r["id"]), reverse=True):
+    # The newest per section: the latest publish_at, then the newest version.
+    for r in sorted(
+        candidates, key=lambda r: (r["publish_at"], int(r["version"]), r["id"]), reverse=True
+    ):
         section = r["section_id"]
         replaced = any(
             o["section_id"] == section and o["publish_at"] >= r["publish_at"] for o in later
