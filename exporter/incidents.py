@@ -364,6 +364,28 @@ def incidents(cms_cron_job: str, cms_cron_owner: str) -> list[Incident]:
             " grant on section_versions hides the published versions (runbook P1 path B).",
             for_="2m",
         ),
+        # One rule per table, so that the page names what is missing; a homepage the role gets
+        # no section of at all is HomepageRenderEmpty's or HomepageInvisibleToPublic's page.
+        *(
+            Incident(
+                "HomepageCatalogHidden",
+                C,
+                Priority.P1,
+                "B",
+                "homepage",
+                Signal(f"homepage_render_{relation}_missing", Op.GT, 0),
+                "The public receives homepage sections without their products or categories.",
+                "get_homepage_content('{{ $labels.locale }}') gives the {{ $labels.role }} role"
+                f" {{{{ $value }}}} fewer {relation} than the live sections carry on"
+                f" {{{{ $labels.instance }}}}: a policy or grant on section_{relation} hides them"
+                " (runbook P1 path B).",
+                unless=Signal("homepage_render_sections", Op.EQ, 0),
+                on=("locale", "role"),
+                for_="2m",
+                labels=(("relation", relation),),
+            )
+            for relation in ("products", "categories")
+        ),
         Incident(
             "HomepageRenderEmpty",
             C,

@@ -16,6 +16,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -25,7 +26,7 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from exporter.demo.cluster import Cluster
+from exporter.demo.cluster import Cluster, ClusterError
 from exporter.demo.database import create_cms_database, load_exporter_role, sql_file
 from tests.conftest import exporter_dsn
 from tests.harness import EXPORTER_PASSWORD, wait_for
@@ -52,6 +53,10 @@ INSERT INTO section_versions (section_id, version_number, content, is_published)
 SELECT id, 1, '{{"image": "homepage/hero.webp"}}', true FROM homepage_sections;
 UPDATE homepage_sections hs SET published_version_id = sv.id
 FROM section_versions sv WHERE sv.section_id = hs.id;
+INSERT INTO section_products (section_id, product_id, display_order)
+SELECT hs.id, gen_random_uuid(), g FROM homepage_sections hs, generate_series(1, 4) g;
+INSERT INTO section_categories (section_id, category_id, display_order)
+SELECT hs.id, gen_random_uuid(), g FROM homepage_sections hs, generate_series(1, 2) g;
 INSERT INTO media_assets (file_path, file_size, created_at)
 VALUES ('homepage/hero.webp', 50000, now() - interval '200 days');
 INSERT INTO section_schedules (section_id, version_id, publish_at, status, processed_at)
@@ -70,8 +75,36 @@ SELECT cron.unschedule(jobid) FROM cron.job WHERE jobname <> '{JOB}';
 SELECT cron.schedule('{JOB}', '0 0 1 1 *', $$SELECT process_scheduled_publishes()$$)
 WHERE NOT EXISTS (SELECT FROM cron.job WHERE jobname = '{JOB}');
 """
+# What a scenario may leave behind that schema.sql does not reset: replication slots, and the
+# index (and its function) the build-in-progress scenario makes.
+RESET_STATE = """
+SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE NOT active;
+DROP INDEX IF EXISTS idx_section_products_sort_key;
+DROP FUNCTION IF EXISTS product_sort_key(uuid);
+"""
+# The session's own changes reach the statistics before its ANALYZE (PostgreSQL 15 flushes them
+# when the session is next idle), or they would count as changed since: no table would be
+# "unchanged since its last ANALYZE" as the weekly job leaves it.
+FLUSH_STATS = """
+DO $$ BEGIN
+  IF to_regproc('pg_stat_force_next_flush') IS NOT NULL THEN PERFORM pg_stat_force_next_flush();
+  END IF;
+END $$;
+"""
+HELD_APP = "quality-held"  # the application_name of a scenario's own clients
 SECTION = "(SELECT id FROM homepage_sections WHERE locale = 'en' AND section_key = 'hero')"
 VERSION = f"(SELECT published_version_id FROM homepage_sections WHERE id = {SECTION})"
+
+
+@dataclass(frozen=True)
+class Held:
+    """A client kept running while the state is read and triaged (until the next scenario):
+    psql with `sql` sent to it, or pg_basebackup (`basebackup`); `until` is a query that is
+    true once the client is where the scenario needs it."""
+
+    until: str
+    sql: str = ""
+    basebackup: bool = False
 
 
 @dataclass(frozen=True)
@@ -86,6 +119,10 @@ class Scenario:
     env: dict[str, str] = field(default_factory=dict)
     stop_database: bool = False
     idle_connections: int = 0  # client sessions held open, idle, while the exporter reads
+    held: tuple[Held, ...] = ()  # clients that are part of the state, started in this order
+    # Samples read as if taken `seconds` later than they were (metric, seconds): for times the
+    # server cannot date in the past (when a table was last analyzed).
+    aged: tuple[tuple[str, int], ...] = ()
 
 
 def _fails(n: int, age: str) -> str:
@@ -212,6 +249,49 @@ BENIGN = [
         """
         UPDATE section_versions SET content = '{"img": "https://x.supabase.co/storage/v1/render/image/public/media/homepage/hero.webp?width=800"}';""",
     ),
+    # An ORM that opens a transaction, reads, and thinks before committing: at every scrape some
+    # session is idle in a transaction for seconds. (One idle for 15 minutes is an age no single
+    # read can show: alerts/homepage-cms.rules.test.yml holds it, growing a minute a minute.)
+    Scenario(
+        "a session idle in a transaction for a few seconds",
+        "benign",
+        held=(Held(f"SELECT EXISTS (SELECT FROM pg_stat_activity WHERE application_name = '{HELD_APP}'"
+                   " AND state = 'idle in transaction')",
+                   "BEGIN; SELECT count(*) FROM section_products;"),),
+    ),
+    # pg_basebackup streams the WAL of the backup through a temporary slot of its own.
+    Scenario(
+        "a base backup streams WAL through a temporary slot",
+        "benign",
+        held=(Held("SELECT EXISTS (SELECT FROM pg_replication_slots WHERE temporary AND active)",
+                   basebackup=True),),
+    ),
+    # CREATE INDEX CONCURRENTLY leaves the index invalid until it is done; on a big table that
+    # takes a while. A slow indexed expression stands in for the big table here: the build is
+    # read in its table scan, and cancelled when the next scenario starts.
+    Scenario(
+        "an index built concurrently on a CMS table",
+        "benign",
+        f"""
+        CREATE FUNCTION product_sort_key(p uuid) RETURNS uuid LANGUAGE plpgsql IMMUTABLE
+        SET search_path = pg_catalog AS $$ BEGIN PERFORM pg_sleep(0.2); RETURN p; END $$;
+        INSERT INTO section_products (section_id, product_id)
+        SELECT {SECTION}, gen_random_uuid() FROM generate_series(1, 300);""",
+        held=(Held("SELECT EXISTS (SELECT FROM pg_stat_progress_create_index p"
+                   " JOIN pg_class c ON c.oid = p.index_relid"
+                   " WHERE c.relname = 'idx_section_products_sort_key'"
+                   " AND p.phase LIKE 'building index%')",
+                   "CREATE INDEX CONCURRENTLY idx_section_products_sort_key"
+                   " ON section_products (product_sort_key(product_id));"),),
+    ),
+    # Nothing changed these tables since their last ANALYZE, a month ago: their statistics are
+    # still true. The server cannot date an ANALYZE in the past, so the state is read as a
+    # month later (the modification counts are the server's own: 0).
+    Scenario(
+        "CMS tables nobody changed for a month",
+        "benign",
+        aged=(("homepage_cms_table_last_analyzed_timestamp_seconds", 30 * 86400),),
+    ),
 ]
 INCIDENTS = [
     Scenario("P1 path A: the kill switch left on", "incident",
@@ -236,6 +316,10 @@ INCIDENTS = [
              'ALTER POLICY "Published versions viewable by everyone" ON section_versions'
              " TO authenticated;",
              frozenset({("HomepageContentHidden", "critical")}), within=5),
+    Scenario("P1 path B: the products' read policy narrowed to signed-in users", "incident",
+             'ALTER POLICY "Section products viewable by everyone" ON section_products'
+             " TO authenticated;",
+             frozenset({("HomepageCatalogHidden", "critical")}), within=5),
     Scenario("P1: signed-in customers get an empty homepage", "incident",
              'ALTER POLICY "Published sections viewable by everyone" ON homepage_sections'
              " TO anon;",
@@ -273,6 +357,16 @@ INCIDENTS = [
     Scenario("Capacity: the connection pool is exhausted", "incident",
              expect=frozenset({("PostgresConnectionsHigh", "critical")}), within=10,
              idle_connections=44),
+    # A standby that went away: its slot keeps every WAL segment since (70 segments, 1.1 GB).
+    Scenario("Capacity: an inactive replication slot retains WAL", "incident", """
+        SELECT pg_create_physical_replication_slot('standby_gone', true);
+        DO $$ BEGIN
+          FOR i IN 1..70 LOOP
+            PERFORM pg_logical_emit_message(false, 'quality', 'wal');
+            PERFORM pg_switch_wal();
+          END LOOP;
+        END $$;""",
+             frozenset({("PostgresReplicationSlotInactive", "warning")}), within=35),
     Scenario("The database is unreachable", "incident",
              expect=frozenset({("HomepageDatabaseUnreachable", "critical")}), within=10,
              stop_database=True),
@@ -291,6 +385,7 @@ def quality_cluster() -> Iterator[Cluster]:
                     f" WHERE jobname = '{JOB}'", database=DATABASE)  # fmt: skip
         yield server
     finally:
+        release(server)
         server.destroy()
 
 
@@ -298,14 +393,75 @@ cluster = pytest.fixture(scope="module", name="cluster")(quality_cluster)
 
 
 def build(cluster: Cluster, scenario: Scenario) -> None:
-    """The scenario's state, analyzed as the weekly job does (or the server stopped)."""
+    """The scenario's state, analyzed as the weekly job does (or the server stopped), with its
+    clients running."""
+    release(cluster)
     if scenario.stop_database:
         cluster.stop()
         return
     # Undo the previous scenario: functions, policies, grants, the exporter's objects, jobs.
+    cluster.psql_file_text(RESET_STATE, DATABASE)
     cluster.psql_file(sql_file("schema.sql"), DATABASE)
     load_exporter_role(cluster, DATABASE, EXPORTER_PASSWORD)
-    cluster.psql_file_text(RESET_CRON + HEALTHY + scenario.sql + "\nANALYZE;\n", DATABASE)
+    cluster.psql_file_text(
+        RESET_CRON + HEALTHY + scenario.sql + FLUSH_STATS + "ANALYZE;\n", DATABASE
+    )
+    for client in scenario.held:
+        hold(cluster, client)
+
+
+# The held clients of the scenario built last: they outlive `exposition`, so that triage and the
+# status page (tests/test_incident_agreement.py) read the very same state.
+_HELD: list[tuple[subprocess.Popen[bytes], Path | None]] = []
+
+
+def hold(cluster: Cluster, client: Held) -> None:
+    folder = None
+    if client.basebackup:
+        folder = Path(tempfile.mkdtemp(prefix="quality-backup-"))
+        argv = [str(cluster.bindir / "pg_basebackup"), "-D", str(folder / "backup"), "-X",
+                "stream", "-c", "fast", "--max-rate=32k"]  # fmt: skip
+    else:
+        argv = [str(cluster.psql_binary), "-X", "-q", "-d", DATABASE]
+    argv += ["-h", str(cluster.base), "-p", str(cluster.port), "-U", cluster.superuser]
+    process = subprocess.Popen(
+        argv,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env={**os.environ, "PGAPPNAME": HELD_APP},
+    )
+    _HELD.append((process, folder))
+    if client.sql:
+        assert process.stdin is not None
+        process.stdin.write(client.sql.encode() + b"\n")
+        process.stdin.flush()
+    wait_for(
+        lambda: cluster.psql(client.until, database=DATABASE).strip() == "t",
+        60,
+        f"the held client: {client.until}",
+    )
+
+
+def release(cluster: Cluster) -> None:
+    """End the held clients: what still runs is cancelled (a build), the sessions closed."""
+    if not _HELD:
+        return
+    with contextlib.suppress(ClusterError):
+        cluster.psql(
+            "SELECT pg_cancel_backend(pid) FROM pg_stat_activity"
+            f" WHERE application_name = '{HELD_APP}' AND state = 'active'"
+            " AND backend_type = 'client backend'"
+        )
+    for process, folder in _HELD:
+        if process.stdin is not None:
+            process.stdin.close()
+        if folder is not None:  # pg_basebackup reads no input: it is stopped
+            process.terminate()
+        process.wait(timeout=30)
+        if folder is not None:
+            shutil.rmtree(folder, ignore_errors=True)
+    _HELD.clear()
 
 
 def exposition(cluster: Cluster, scenario: Scenario) -> str:
@@ -329,7 +485,19 @@ def exposition(cluster: Cluster, scenario: Scenario) -> str:
             if scenario.stop_database:
                 cluster.start()
     assert "homepage_exporter_" in result.stdout, result.stderr
-    return result.stdout
+    return aged(result.stdout, dict(scenario.aged))
+
+
+def aged(text: str, seconds: dict[str, int]) -> str:
+    """The exposition as if read later: each named timestamp `seconds` further in the past."""
+    lines = []
+    for line in text.splitlines():
+        name = re.split(r"[{ ]", line, maxsplit=1)[0]
+        if name in seconds:
+            head, value = line.rsplit(" ", 1)
+            line = f"{head} {float(value) - seconds[name]!r}"
+        lines.append(line)
+    return "\n".join(lines) + "\n"
 
 
 @contextlib.contextmanager

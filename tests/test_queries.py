@@ -22,6 +22,7 @@ from exporter.settings import SHIPPED_QUERIES
 from tests.conftest import BARE, CMS, CMS_TABLES, SERVERS, Servers, exporter_dsn
 from tests.harness import EXPORTER_PASSWORD, wait_for
 from tests.queries_harness import Values, run_named, shipped, values
+from tests.test_user_schema import _database as user_schema_database
 
 
 @pytest.fixture(
@@ -300,6 +301,97 @@ def test_a_missing_render_function_fails_the_query(pg: Cluster, db: str) -> None
     assert outcome.error is not None
     assert outcome.error.reason == "sql"
     assert "get_homepage_content" in outcome.error.message
+
+
+# Products and categories: two of each per section, on every section (live or not).
+CATALOG = """
+INSERT INTO section_products (section_id, product_id, display_order)
+SELECT id, gen_random_uuid(), g FROM homepage_sections, generate_series(1, 2) g;
+INSERT INTO section_categories (section_id, category_id, display_order)
+SELECT id, gen_random_uuid(), g FROM homepage_sections, generate_series(1, 2) g;
+"""
+
+
+def test_the_public_receives_the_products_and_categories_of_the_live_sections(
+    pg: Cluster, db: str
+) -> None:
+    pg.psql(SECTIONS + CATALOG, database=db)
+    v = values(pg, db, "homepage_render", locales="en,de")
+    for role in ("anon", "authenticated"):
+        # en: three live sections (the draft's products are not live, nor received).
+        assert v("homepage_render_products", locale="en", role=role) == 6
+        assert v("homepage_render_categories", locale="en", role=role) == 6
+        assert v("homepage_render_products_missing", locale="en", role=role) == 0
+        assert v("homepage_render_categories_missing", locale="en", role=role) == 0
+        # de: kill-switched, nothing live and nothing received is nothing missing.
+        assert v("homepage_render_products", locale="de", role=role) == 0
+        assert v("homepage_render_products_missing", locale="de", role=role) == 0
+
+
+def test_a_policy_that_hides_the_products_from_anon_counts_them_missing(
+    pg: Cluster, db: str
+) -> None:
+    pg.psql(
+        SECTIONS
+        + CATALOG
+        + """
+    ALTER POLICY "Section products viewable by everyone" ON section_products TO authenticated;
+    DROP POLICY "Section categories viewable by everyone" ON section_categories;
+    CREATE POLICY "Section categories viewable by everyone" ON section_categories
+      FOR SELECT USING (display_order = 1);
+    """,
+        database=db,
+    )
+    v = values(pg, db, "homepage_render", locales="en")
+    assert v("homepage_render_sections", locale="en", role="anon") == 3  # the sections arrive
+    assert v("homepage_render_products", locale="en", role="anon") == 0
+    assert v("homepage_render_products_missing", locale="en", role="anon") == 6
+    assert v("homepage_render_products_missing", locale="en", role="authenticated") == 0
+    # A policy narrowed by its USING clause: one category of two per section, for both roles.
+    for role in ("anon", "authenticated"):
+        assert v("homepage_render_categories", locale="en", role=role) == 3
+        assert v("homepage_render_categories_missing", locale="en", role=role) == 3
+
+
+def test_a_cms_naming_the_section_otherwise_has_its_hidden_products_counted(pg: Cluster) -> None:
+    """tests/fixtures/runbook_only names the catalog's section column homepage_section_id: its
+    foreign key to homepage_sections says which column counts, so hidden products still show."""
+    name = user_schema_database(pg)
+    pg.psql(
+        'ALTER POLICY "Products of visible sections readable by everyone" ON section_products'
+        " TO authenticated",
+        database=name,
+    )
+    v = values(pg, name, "homepage_render", locales="en")
+    assert v("homepage_render_products", locale="en", role="authenticated") == 5
+    assert v("homepage_render_products_missing", locale="en", role="authenticated") == 0
+    assert v("homepage_render_products", locale="en", role="anon") == 0
+    assert v("homepage_render_products_missing", locale="en", role="anon") == 5
+
+
+def test_a_render_function_without_products_compares_nothing(pg: Cluster, db: str) -> None:
+    """A CMS whose function returns no `products`/`categories` column: no count, so no alert,
+    rather than every live product counted missing."""
+    pg.psql(
+        SECTIONS
+        + CATALOG
+        + """
+    DROP FUNCTION get_homepage_content(text);
+    CREATE FUNCTION get_homepage_content(p_locale text)
+    RETURNS TABLE (section_id uuid, section_key text, content jsonb)
+    LANGUAGE sql STABLE AS $$
+      SELECT hs.id, hs.section_key, '{}'::jsonb FROM public.homepage_sections hs
+      WHERE hs.locale = p_locale AND hs.is_active AND hs.status = 'published'
+    $$;
+    GRANT EXECUTE ON FUNCTION get_homepage_content(text) TO anon, authenticated;
+    """,
+        database=db,
+    )
+    v = values(pg, db, "homepage_render", locales="en")
+    assert v("homepage_render_sections", locale="en", role="anon") == 3
+    assert v("homepage_render_products", locale="en", role="anon") is None
+    assert v("homepage_render_products_missing", locale="en", role="anon") is None
+    assert v("homepage_render_categories_missing", locale="en", role="anon") is None
 
 
 # --- row level security -----------------------------------------------------------------------------

@@ -24,6 +24,7 @@ from exporter.demo.database import sql_file
 from exporter.triage.drilldown import QUERY_PREFIX_CHARS
 from tests.conftest import CMS, exporter_dsn
 from tests.harness import wait_for
+from tests.runbook_doc import sql_blocks
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parent.parent
@@ -542,3 +543,60 @@ def test_the_json_names_the_one_database(pg: Cluster, homepage: str) -> None:
     assert code == 0
     assert data["target"] == f"homepage_exporter@127.0.0.1:{pg.port}/{homepage}"
     assert data["severity"] is None
+
+
+def test_p1_b_a_policy_that_hides_the_products_from_the_public(pg: Cluster, homepage: str) -> None:
+    """The products' read policy narrowed to signed-in users: visitors get every section without
+    its products. Triage names the table and gives them back, to the live sections only."""
+    pg.psql(
+        # A product grid switched off on purpose, and the policy narrowed.
+        "UPDATE homepage_sections SET is_active = false"
+        " WHERE locale = 'fr' AND section_key = 'new-arrivals';"
+        'ALTER POLICY "Section products viewable by everyone" ON section_products TO authenticated',
+        database=homepage,
+    )
+    code, data = report(pg, homepage)
+    assert code == 3
+    assert [f["alert"] for f in data["findings"]] == ["HomepageCatalogHidden"]
+    b = finding(data, "P1", "B")
+    assert (
+        b["title"] == "sections arrive without their products for de (anon), en (anon), fr (anon)"
+    )
+    assert "no policy on section_products lets anon read it" in b["seen"]
+    assert {r["table"] for r in b["rows"]} == {"section_products"}
+    assert b["runbook"] == "docs/runbook.md#homepagecataloghidden"
+    assert any("CREATE POLICY" in s and "TO anon " in s for s in b["statements"])
+    pg.psql(" ".join(b["statements"]), database=homepage)
+    assert report(pg, homepage)[0] == 0
+    # Given back to the live sections only: the switched-off grid's products stay private.
+    grid = pg.psql(
+        "SELECT id FROM homepage_sections WHERE locale = 'fr' AND section_key = 'new-arrivals'",
+        database=homepage,
+    ).strip()
+    hidden = f"SELECT count(*) FROM section_products WHERE section_id = '{grid}'"
+    assert pg.psql(hidden, database=homepage).strip() == "8"
+    assert pg.psql(f"SET ROLE anon; {hidden}", database=homepage).strip() == "0"
+    live = "SELECT count(*) FROM section_products"
+    assert pg.psql(f"SET ROLE anon; {live}", database=homepage).strip() == str(
+        int(pg.psql(live, database=homepage)) - 8
+    )
+
+
+def test_the_runbooks_fix_gives_the_products_and_categories_back(
+    pg: Cluster, homepage: str
+) -> None:
+    """docs/runbook.md's statements for HomepageCatalogHidden, as printed, on both tables: one
+    policy narrowed to signed-in users, the other narrowed by its USING clause."""
+    pg.psql(
+        'ALTER POLICY "Section products viewable by everyone" ON section_products'
+        " TO authenticated;"
+        ' ALTER POLICY "Section categories viewable by everyone" ON section_categories'
+        " USING (display_order > 3)",
+        database=homepage,
+    )
+    code, data = report(pg, homepage)
+    assert code == 3
+    assert [f["alert"] for f in data["findings"]] == ["HomepageCatalogHidden"]
+    _, fix = sql_blocks("HomepageCatalogHidden")
+    pg.psql_file_text(fix, homepage)
+    assert report(pg, homepage)[0] == 0

@@ -188,7 +188,10 @@ $statements$;
 -- Render time covers every column of every row (each row is turned into text), so an
 -- inlinable get_homepage_content() cannot be reduced to a count by the planner. A row whose
 -- `content` column is NULL is a section the public receives without its content (a policy or
--- grant on the versions hides it); a function without such a column counts none.
+-- grant on the versions hides it); a function without such a column counts none. The
+-- `products` and `categories` arrays are summed as the role receives them (a policy on
+-- section_products or section_categories shortens them); a function without such a column
+-- gives NULL, not 0, so no comparison is made with what is live.
 -- One body, created once per role: each copy is owned by its role, so row level security and
 -- grants apply exactly as for the REST API, while the exporter is a member of neither role.
 DO $render$
@@ -201,7 +204,8 @@ BEGIN
     EXECUTE format($fn$
       CREATE OR REPLACE FUNCTION homepage_exporter.%I(p_locales text[])
       RETURNS TABLE (locale text, render_seconds double precision, sections bigint,
-                     sections_without_content bigint, bytes bigint)
+                     sections_without_content bigint, bytes bigint, products bigint,
+                     categories bigint)
       LANGUAGE plpgsql STABLE SECURITY DEFINER
       SET search_path = public, extensions, pg_temp
       AS $body$
@@ -211,11 +215,17 @@ BEGIN
         FOR locale IN SELECT DISTINCT l FROM unnest(p_locales) AS l ORDER BY 1 LOOP
           started := clock_timestamp();
           SELECT count(*),
-                 count(*) FILTER (WHERE to_jsonb(c) ? 'content'
-                                  AND jsonb_typeof(to_jsonb(c) -> 'content') = 'null'),
-                 coalesce(sum(octet_length(c::text)), 0)
-            INTO sections, sections_without_content, bytes
-          FROM public.get_homepage_content(locale) AS c;
+                 count(*) FILTER (WHERE j ? 'content' AND jsonb_typeof(j -> 'content') = 'null'),
+                 coalesce(sum(octet_length(c::text)), 0),
+                 -- No rows: 0. Rows without the column: NULL (bool_or is false).
+                 CASE WHEN bool_or(j ? 'products') IS NOT FALSE THEN coalesce(sum(
+                   CASE WHEN jsonb_typeof(j -> 'products') = 'array'
+                        THEN jsonb_array_length(j -> 'products') ELSE 0 END), 0) END,
+                 CASE WHEN bool_or(j ? 'categories') IS NOT FALSE THEN coalesce(sum(
+                   CASE WHEN jsonb_typeof(j -> 'categories') = 'array'
+                        THEN jsonb_array_length(j -> 'categories') ELSE 0 END), 0) END
+            INTO sections, sections_without_content, bytes, products, categories
+          FROM public.get_homepage_content(locale) AS c, LATERAL to_jsonb(c) AS r(j);
           render_seconds := extract(epoch FROM clock_timestamp() - started);
           RETURN NEXT;
         END LOOP;

@@ -179,6 +179,60 @@ async def content_hidden(ctx: Context, firing: Firing) -> Finding:
     )
 
 
+# What each section carries besides its version: the alert's `relation` label -> table.
+CATALOG = {"products": "section_products", "categories": "section_categories"}
+
+
+async def catalog_hidden(ctx: Context, firing: Firing) -> Finding:
+    pairs = sorted({(str(lb.get("locale")), str(lb.get("role"))) for lb, _ in firing.series})
+    where = ", ".join(f"{locale} ({role})" for locale, role in pairs)
+    roles = sorted({role for _, role in pairs})
+    named = dict(firing.incident.labels).get("relation", "products")
+    rows: list[dict[str, Any]] = []
+    statements: list[str] = []
+    why: list[str] = []
+    # Both tables are read: when both hide rows, only one rule's series reach the drill-down.
+    # The other table is named when a public role lacks its grant or any read policy; one
+    # narrowed by a USING clause shows on the next triage, once this one is fixed.
+    for relation, table in CATALOG.items():
+        access = [a for a in await _read_access(ctx, table) if a["role"] in roles]
+        no_grant = [a["role"] for a in access if not a["can_select"]]
+        no_policy = [a["role"] for a in access if a["can_select"] and not a["read_policies"]]
+        if relation != named and not no_grant and not no_policy:
+            continue
+        rows += [{"table": table, **a} for a in access]
+        rows += [{"table": table, **p} for p in await _policies(ctx, table)]
+        if no_grant:
+            statements.append(f"GRANT SELECT ON {table} TO {', '.join(no_grant)};")
+            why.append(f"{', '.join(no_grant)} may not read {table}")
+        # A policy of its own, for the rows of live sections only: whatever was narrowed stays
+        # as it is, and nothing the homepage does not show becomes readable. Also where a
+        # policy applies but its USING clause was narrowed (no role lacks one then).
+        if no_policy or not no_grant:
+            name = f"Live section {relation} viewable by the public"
+            statements += [
+                f'DROP POLICY IF EXISTS "{name}" ON {table};',
+                f'CREATE POLICY "{name}" ON {table} FOR SELECT TO {", ".join(roles)}'
+                " USING (EXISTS (SELECT FROM homepage_sections hs WHERE hs.id = section_id"
+                " AND hs.is_active AND hs.status = 'published'));",
+            ]
+            why.append(
+                f"no policy on {table} lets {', '.join(no_policy)} read it"
+                if no_policy
+                else f"a policy on {table} hides rows of live sections"
+            )
+    return Finding(
+        firing.incident,
+        f"sections arrive without their {named} for {where}",
+        "get_homepage_content() gives the live sections fewer products or categories than they"
+        f" carry: {'; '.join(why)}",
+        rows,
+        "Let the public read the products and categories of the live sections again, then"
+        " verify as anon.",
+        statements,
+    )
+
+
 async def _function(ctx: Context, name: str) -> list[dict[str, Any]]:
     return await ctx.rows(
         "SELECT p.oid::regprocedure::text AS function, p.prosecdef AS security_definer,"
@@ -668,6 +722,7 @@ DRILLDOWNS: Mapping[str, DrillDown] = {
     "HomepageNoLiveSections": no_live_sections,
     "HomepageInvisibleToPublic": invisible_to_public,
     "HomepageContentHidden": content_hidden,
+    "HomepageCatalogHidden": catalog_hidden,
     "HomepageRenderEmpty": render_empty,
     "HomepageRenderFailing": render_failing,
     "HomepageFunctionMissing": function_missing,
