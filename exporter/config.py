@@ -50,6 +50,7 @@ class Query:
     min_server_version: int | None
     requires: tuple[str, ...]
     params: tuple[Param, ...]
+    each: Param | None  # run once per value of this list parameter (scheduler.run_query)
     enabled: bool
     max_series: int | None
     metrics: tuple[Metric, ...]
@@ -111,6 +112,8 @@ def _cross_check(spec: QueriesFile) -> Iterator[tuple[Loc, str]]:
             )
         if len(set(query.params)) != len(query.params):
             yield (*qpath, "params"), "a parameter is listed twice"
+        if query.each is not None and query.each not in query.params:
+            yield (*qpath, "each"), f"{query.each!r} is not one of the query's params"
         for mi, metric in enumerate(query.metrics):
             mpath = (*qpath, "metrics", mi)
             yield from _check_metric(metric.name, metric.type, metric.value, metric.labels, mpath)
@@ -164,6 +167,7 @@ def _freeze(spec: QuerySpec) -> Query:
         min_server_version=spec.min_server_version,
         requires=spec.requires,
         params=spec.params,
+        each=spec.each,
         enabled=spec.enabled,
         max_series=spec.max_series,
         metrics=tuple(

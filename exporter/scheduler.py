@@ -21,7 +21,7 @@ from typing import NamedTuple, Protocol
 
 from exporter.config import Config, Query
 from exporter.contract import first_missing
-from exporter.db import Database
+from exporter.db import Database, Result
 from exporter.errors import ErrorReason, QueryError
 from exporter.exposition import Fragment, to_client_families
 from exporter.mapping import Family, map_rows
@@ -32,6 +32,8 @@ from exporter.store import TargetStore
 FIRST_RUN_WINDOW_SECONDS = 0.25
 # Results with more rows than this are mapped and encoded in a worker thread (see run_query).
 INLINE_ROWS = 200
+# A query run once per locale may take this many of its timeouts in all, however many locales.
+EACH_BUDGET_TIMEOUTS = 3
 
 Runner = Callable[[Query], Awaitable[Outcome]]
 
@@ -76,8 +78,7 @@ async def run_query(
             return Outcome(query, 0.0, skipped=lacking)
         # Each row yields at least one series: fetching stops one row past the cap.
         cap = query.series_cap(max_series)
-        args = [params[p] for p in query.params]
-        result = await db.fetch(query.sql, args, query.timeout, max_rows=cap)
+        result = await _fetch(db, query, params, cap)
         if len(result.rows) <= INLINE_ROWS:
             # A few rows encode in well under a millisecond: cheaper here than a thread hop
             # (which, with hundreds of targets, cost more CPU than the encoding itself).
@@ -96,6 +97,49 @@ async def run_query(
         fragment=fragment,
         rows=len(result.rows),
     )
+
+
+async def _fetch(db: Database, query: Query, params: Mapping[str, object], cap: int) -> Result:
+    """The query's rows; with `each`, one statement per value (one locale at a time, on the
+    target's connection), each within the query's timeout, all within a budget of
+    EACH_BUDGET_TIMEOUTS timeouts. Any value that fails fails the run, naming the value: a
+    locale that cannot render in time is not loading."""
+    if query.each is None:
+        return await db.fetch(
+            query.sql, [params[p] for p in query.params], query.timeout, max_rows=cap
+        )
+    values = list(params[query.each])  # type: ignore[call-overload]
+    deadline = time.monotonic() + query.timeout * EACH_BUDGET_TIMEOUTS
+    columns: tuple[str, ...] = ()
+    rows: list[tuple[object, ...]] = []
+    duration = 0.0
+    for value in values:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise QueryError(
+                ErrorReason.TIMEOUT,
+                f"{query.each} {value!r} not run: the budget of"
+                f" {EACH_BUDGET_TIMEOUTS} timeouts was spent on the ones before",
+            )
+        one = {**params, query.each: [value]}
+        try:
+            part = await db.fetch(
+                query.sql,
+                [one[p] for p in query.params],
+                min(query.timeout, left),
+                max_rows=max(1, cap + 1 - len(rows)),
+            )
+        except QueryError as exc:
+            budget = (
+                f" (the budget of {EACH_BUDGET_TIMEOUTS} timeouts ran out)"
+                if exc.reason is ErrorReason.TIMEOUT and left < query.timeout
+                else ""
+            )
+            raise QueryError(exc.reason, f"{query.each} {value!r}: {exc.message}{budget}") from None
+        columns = part.columns
+        rows.extend(part.rows)
+        duration += part.duration
+    return Result(columns, tuple(rows), duration)
 
 
 async def ping(db: Database, timeout: float) -> QueryError | None:

@@ -126,6 +126,9 @@ class QuerySpec(_Strict):
     min_server_version: Annotated[StrictInt, Field(ge=9, le=99)] | None = None
     requires: tuple[Annotated[StrictStr, Field(pattern=r"^[a-z_][a-z0-9_]*$")], ...] = ()
     params: tuple[Param, ...] = ()
+    # Run once per value of this list parameter (one locale at a time), each run within the
+    # query's own timeout: a slow locale is measured as slow, not as a timeout of all of them.
+    each: Literal[Param.LOCALES] | None = None
     enabled: StrictBool = True
     max_series: Annotated[StrictInt, Field(ge=1)] | None = None
     metrics: Annotated[tuple[MetricSpec, ...], Field(min_length=1)]
