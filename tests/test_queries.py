@@ -994,15 +994,22 @@ def test_a_query_that_starts_after_our_transaction_is_no_negative_duration(
 
 
 def test_the_runbooks_maintenance_is_no_runaway_query(pg: Cluster, db: str) -> None:
-    """pg_dump's COPY, VACUUM/ANALYZE and the weekly version cleanup count as maintenance; an
-    application's query on the same tables does not; an open transaction's idle time is read."""
-    pg.psql(SECTIONS, database=db)
+    """pg_dump's COPY, VACUUM/ANALYZE, an index being built and the weekly version cleanup count
+    as maintenance; an application's query on the same tables does not; an open transaction's
+    idle time is read."""
+    pg.psql(
+        SECTIONS
+        + "CREATE FUNCTION slow_key(t text) RETURNS text IMMUTABLE LANGUAGE plpgsql AS"
+        " $$BEGIN PERFORM pg_sleep(0.5); RETURN t; END$$;",
+        database=db,
+    )
 
     async def scenario() -> Values:
         dump = await asyncpg.connect(
             pg.url(database=db), server_settings={"application_name": "pg_dump"}
         )
         cleanup = await asyncpg.connect(pg.url(database=db))
+        build = await asyncpg.connect(pg.url(database=db))
         app = await asyncpg.connect(pg.url(database=db))
         idle = await asyncpg.connect(pg.url(database=db))
         try:
@@ -1014,13 +1021,15 @@ def test_the_runbooks_maintenance_is_no_runaway_query(pg: Cluster, db: str) -> N
                     "WITH moved AS (SELECT * FROM section_versions WHERE pg_sleep(1.5) IS NOT NULL)"
                     " INSERT INTO section_versions_archive (id, section_id, version_number, content,"
                     " created_at) SELECT id, section_id, version_number, content, created_at FROM moved")),
+                asyncio.create_task(build.execute(
+                    "CREATE INDEX idx_slow_key ON homepage_sections (slow_key(section_key))")),
             ]  # fmt: skip
             await asyncio.sleep(0.7)
             v = await asyncio.to_thread(values, pg, db, "activity")
             await asyncio.gather(*running)
             return v
         finally:
-            for conn in (dump, cleanup, app, idle):
+            for conn in (dump, cleanup, build, app, idle):
                 await conn.close()
 
     v = asyncio.run(scenario())
