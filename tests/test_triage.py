@@ -600,3 +600,50 @@ def test_the_runbooks_fix_gives_the_products_and_categories_back(
     _, fix = sql_blocks("HomepageCatalogHidden")
     pg.psql_file_text(fix, homepage)
     assert report(pg, homepage)[0] == 0
+
+
+# Every statement triage prints for a human is run here on the state it diagnosed, and triage
+# must then find nothing: the fix fixes, and nothing else was needed.
+BROKEN = {
+    "the versions' read policy narrowed to signed-in users": (
+        'ALTER POLICY "Published versions viewable by everyone" ON section_versions'
+        " TO authenticated",
+        "HomepageContentHidden",
+    ),
+    "SELECT on the versions revoked from the public": (
+        "REVOKE SELECT ON section_versions FROM anon, authenticated",
+        "HomepageRenderFailing",
+    ),
+    "row level security switched off on a CMS table": (
+        "ALTER TABLE section_categories DISABLE ROW LEVEL SECURITY",
+        "HomepageTableRLSDisabled",
+    ),
+    "the publish function lost SECURITY DEFINER": (
+        "ALTER FUNCTION process_scheduled_publishes() SECURITY INVOKER",
+        "HomepagePublishFunctionNotSecurityDefiner",
+    ),
+    "SELECT on the sections revoked from the public": (
+        "REVOKE SELECT ON homepage_sections FROM anon, authenticated",
+        "HomepageRenderFailing",
+    ),
+    "a runbook index dropped": (
+        "DROP INDEX idx_homepage_sections_render",
+        "HomepageIndexMissing",
+    ),
+}
+
+
+@pytest.mark.parametrize("broken", list(BROKEN), ids=list(BROKEN))
+def test_the_printed_statements_fix_what_triage_found(
+    pg: Cluster, homepage: str, broken: str
+) -> None:
+    sql, alert = BROKEN[broken]
+    pg.psql(sql, database=homepage)
+    code, data = report(pg, homepage)
+    assert code != 0, data
+    (found,) = [f for f in data["findings"] if f["alert"] == alert]
+    assert found["statements"], found
+    for statement in found["statements"]:
+        pg.psql(statement, database=homepage)
+    code, data = report(pg, homepage)
+    assert code == 0, data["findings"]

@@ -19,6 +19,7 @@ from exporter.triage.report import Finding, human_age
 MAX_ROWS = 20
 QUERY_PREFIX_CHARS = 40  # of other sessions' SQL: enough to recognise, not to leak literals
 PERMISSION = re.compile(r"permission denied|row-level security", re.IGNORECASE)
+DENIED_TABLE = re.compile(r"permission denied for (?:table|relation) (?P<table>[a-z_][a-z0-9_]*)")
 REMIGRATE = "\\i /migrations/20241217000001_homepage_cms_system.sql"  # the runbook's own fix
 PUBLIC_ROLES = "anon, authenticated"
 # The runbook's P1 path B policy, word for word.
@@ -269,6 +270,20 @@ async def render_failing(ctx: Context, firing: Firing) -> Finding:
             "Give EXECUTE back to the public roles.",
             [f"GRANT EXECUTE ON FUNCTION {function[0]['function']} TO {PUBLIC_ROLES};"],
         )
+    # The function runs with the caller's rights: a CMS table the public lost SELECT on fails
+    # it. Only the public's read access to that table comes back, nothing wider.
+    denied = DENIED_TABLE.search(error)
+    if denied is not None and denied["table"] in await _cms_tables(ctx):
+        table = denied["table"]
+        return Finding(
+            firing.incident,
+            f"the public may not read {table}, which get_homepage_content() reads",
+            f"rendering as anon failed: {error}",
+            await _read_access(ctx, table),
+            "Give the public roles their read access back (row level security still decides"
+            " which rows).",
+            [f"GRANT SELECT ON public.{table} TO {PUBLIC_ROLES};"],
+        )
     return Finding(
         firing.incident,
         "get_homepage_content() fails for the public",
@@ -278,6 +293,16 @@ async def render_failing(ctx: Context, firing: Firing) -> Finding:
         " migration if the function was changed.",
         [REMIGRATE],
     )
+
+
+async def _cms_tables(ctx: Context) -> set[str]:
+    rows = await ctx.rows(
+        "SELECT c.relname::text AS name FROM pg_class c"
+        " WHERE c.relnamespace = 'public'::regnamespace AND c.relkind IN ('r', 'p')"
+        " AND c.relname LIKE ANY ($1::text[])",
+        ctx.params["cms_tables"],
+    )
+    return {str(r["name"]) for r in rows}
 
 
 async def function_missing(ctx: Context, firing: Firing) -> Finding:
