@@ -50,10 +50,10 @@ class Query:
     min_server_version: int | None
     requires: tuple[str, ...]
     params: tuple[Param, ...]
-    each: Param | None  # run once per value of this list parameter (scheduler.run_query)
     enabled: bool
     max_series: int | None
     metrics: tuple[Metric, ...]
+    each: Param | None = None  # run once per value of this list parameter (scheduler.run_query)
 
     def series_cap(self, default: int) -> int:
         """The most series a run may yield: the query's own max_series, else `default`."""
