@@ -8,8 +8,8 @@ import asyncio
 import base64
 import contextlib
 import os
-import socket
 import ssl
+import sys
 import time
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
@@ -198,24 +198,36 @@ async def slowloris(port: int, tls: ssl.SSLContext | None = None) -> None:
         writer.transport.abort()
 
 
+# Opens and holds the connections of `idle_connections`: a process of its own, so that the
+# well-behaved scraper in the test's process never waits for the GIL behind the attacker.
+_HOLD = """
+import socket, sys, time
+port, count, first = int(sys.argv[1]), int(sys.argv[2]), bytes.fromhex(sys.argv[3])
+held = []
+for _ in range(count):
+    try:
+        sock = socket.create_connection(("127.0.0.1", port), timeout=2)
+        if first:
+            sock.sendall(first)
+        held.append(sock)
+    except OSError:
+        pass
+time.sleep(4)
+"""
+
+
 async def idle_connections(port: int, count: int = 2500, first: bytes = b"") -> None:
     """`count` connections that send nothing (or only `first`), held for 4 s. Against a TLS
     port, connections that never start their handshake."""
-
-    def connect_all() -> list[socket.socket]:
-        sockets = []
-        for _ in range(count):
-            with contextlib.suppress(OSError):
-                sock = socket.create_connection(("127.0.0.1", port), timeout=2)
-                sockets.append(sock)
-                if first:
-                    sock.sendall(first)
-        return sockets
-
-    sockets = await asyncio.to_thread(connect_all)  # the scraper's loop keeps running
-    await asyncio.sleep(4)
-    for sock in sockets:
-        sock.close()
+    holder = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", _HOLD, str(port), str(count), first.hex()
+    )
+    try:
+        await asyncio.wait_for(holder.wait(), 120)
+    finally:
+        if holder.returncode is None:
+            holder.kill()
+            await holder.wait()
 
 
 async def silent_tls_connections(port: int) -> None:

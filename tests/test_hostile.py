@@ -51,10 +51,17 @@ PASSWORD = "scrape-pass"
 GOOD_AUTH = "Basic " + base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode()
 
 
-def assert_unaffected(outcome: Outcome) -> None:
+# Over TLS each scrape is a new connection and a full handshake, which takes the exporter's
+# loop three more turns than a plain request (exporter/guard.py says why); with two busy
+# loops beside the suite on two cores, a turn during an attack was measured at up to 0.3 s.
+SLOWEST_SCRAPE = {False: 1.0, True: 2.0}
+
+
+def assert_unaffected(outcome: Outcome, *, tls: bool) -> None:
     assert outcome.failures == 0, f"{outcome.failures} scrapes failed"
     assert outcome.latencies, "no scrape completed"
-    assert max(outcome.latencies) < 1.0, f"slowest scrape {max(outcome.latencies):.2f}s"
+    slowest = max(outcome.latencies)
+    assert slowest < SLOWEST_SCRAPE[tls], f"slowest scrape {slowest:.2f}s"
     assert outcome.growth_mb < 50, f"RSS grew {outcome.growth_mb:.0f} MB"
     assert outcome.after_mb < 10, f"RSS stayed {outcome.after_mb:.0f} MB above where it started"
     assert outcome.peak_files <= MAX_CONNECTIONS + FILES_RESERVED, f"{outcome.peak_files} files"
@@ -113,7 +120,7 @@ def test_pipeliners_that_never_read(exporter: Exporter) -> None:
     outcome = asyncio.run(
         under_attack(exporter.proc.pid, exporter.port, attack, tls=exporter.context)
     )
-    assert_unaffected(outcome)
+    assert_unaffected(outcome, tls=exporter.context is not None)
 
 
 @over_both
@@ -124,7 +131,7 @@ def test_unauthenticated_flood_with_junk(tmp_path: Path, tls: bool) -> None:
         outcome = asyncio.run(
             under_attack(process.proc.pid, process.port, attack, GOOD_AUTH, process.context)
         )
-        assert_unaffected(outcome)
+        assert_unaffected(outcome, tls=process.context is not None)
     finally:
         process.close()
 
@@ -139,7 +146,7 @@ def test_a_thousand_slowloris_connections_with_1024_files(tmp_path: Path, tls: b
         outcome = asyncio.run(
             under_attack(process.proc.pid, process.port, attack, tls=process.context)
         )
-        assert_unaffected(outcome)
+        assert_unaffected(outcome, tls=process.context is not None)
     finally:
         process.close()
 
@@ -150,7 +157,7 @@ def test_two_and_a_half_thousand_idle_connections(exporter: Exporter) -> None:
     outcome = asyncio.run(
         under_attack(exporter.proc.pid, exporter.port, idle_connections, tls=exporter.context)
     )
-    assert_unaffected(outcome)
+    assert_unaffected(outcome, tls=exporter.context is not None)
 
 
 # --- TLS only: before and during the handshake -------------------------------------------------
@@ -161,7 +168,7 @@ def test_eight_thousand_connections_that_never_start_tls(exporter: Exporter) -> 
     outcome = asyncio.run(
         under_attack(exporter.proc.pid, exporter.port, silent_tls_connections, tls=exporter.context)
     )
-    assert_unaffected(outcome)
+    assert_unaffected(outcome, tls=exporter.context is not None)
 
 
 @pytest.mark.parametrize("tls", [True], ids=["tls"])
@@ -169,7 +176,7 @@ def test_two_thousand_handshakes_that_stall(exporter: Exporter) -> None:
     outcome = asyncio.run(
         under_attack(exporter.proc.pid, exporter.port, stalled_handshakes, tls=exporter.context)
     )
-    assert_unaffected(outcome)
+    assert_unaffected(outcome, tls=exporter.context is not None)
 
 
 # --- malformed requests: a status line each, one log line, no traceback ---------------------
