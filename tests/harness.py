@@ -230,6 +230,22 @@ def running(
             proc.wait()
 
 
+@contextlib.contextmanager
+def running_ready(argv: list[str], log: Path, url: str) -> Iterator[subprocess.Popen[bytes]]:
+    """Prometheus or Alertmanager (`argv`) running for the block, entered once `url`/-/ready
+    answers 200: both listen, and answer 503, before they are ready (loaded rules, storage)."""
+    with running(argv, log) as proc:
+
+        def ready() -> bool:
+            if proc.poll() is not None:
+                tail = log.read_text(errors="replace")[-3000:]
+                raise AssertionError(f"{argv[0]} exited {proc.returncode}:\n{tail}")
+            return http_get(f"{url}/-/ready", timeout=1.0)[0] == 200
+
+        wait_for(ready, 60, f"{argv[0]} {url}/-/ready")
+        yield proc
+
+
 def write_queries(path: Path, body: str) -> Path:
     path.write_text("version: 1\nqueries:\n" + body)
     return path

@@ -23,7 +23,14 @@ from exporter.demo.cluster import Cluster, free_port
 from exporter.demo.database import create_cms_database
 from exporter.settings import SHIPPED_QUERIES
 from tests.conftest import exporter_dsn
-from tests.harness import EXPORTER_PASSWORD, Exporter, exporter_env, http_get, running, wait_for
+from tests.harness import (
+    EXPORTER_PASSWORD,
+    Exporter,
+    exporter_env,
+    http_get,
+    running_ready,
+    wait_for,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 ALERTMANAGER = shutil.which("prometheus-alertmanager") or shutil.which("alertmanager")
@@ -202,7 +209,7 @@ def stack() -> Iterator[Stack]:
         webhook = Webhook()
         am_port, prom_port = free_port(), free_port()
         with (
-            running(
+            running_ready(
                 [
                     ALERTMANAGER,
                     f"--config.file={alertmanager_config(tmp, webhook)}",
@@ -211,8 +218,9 @@ def stack() -> Iterator[Stack]:
                     "--cluster.listen-address=",
                 ],
                 tmp / "alertmanager.log",
+                f"http://127.0.0.1:{am_port}",
             ),
-            running(
+            running_ready(
                 [
                     PROMETHEUS,
                     f"--config.file={prometheus_config(tmp, fast_rules(tmp), exporter.port, am_port)}",
@@ -220,6 +228,7 @@ def stack() -> Iterator[Stack]:
                     f"--web.listen-address=127.0.0.1:{prom_port}",
                 ],
                 tmp / "prometheus.log",
+                f"http://127.0.0.1:{prom_port}",
             ),
         ):
             yield Stack(cluster, exporter, f"http://127.0.0.1:{prom_port}", webhook)

@@ -6,6 +6,7 @@ import json
 import re
 import shutil
 import subprocess
+import sys
 import threading
 import urllib.parse
 from collections.abc import Iterator
@@ -18,7 +19,7 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from exporter.demo.cluster import free_port
-from tests.harness import http_get, running, wait_for
+from tests.harness import http_get, running_ready, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 RULES = ROOT / "alerts" / "supabase-platform.rules.yml"
@@ -159,6 +160,38 @@ def test_the_platform_dashboard_follows_the_conventions() -> None:
                 assert steps[1:] == sorted(limits[name]), (panel["title"], steps)
 
 
+# A server that listens before it is ready, as Prometheus and Alertmanager do: /-/ready answers
+# 503 to its first three requests (by count, not by time), then 200.
+UNREADY_AT_FIRST = """
+import sys
+from http.server import BaseHTTPRequestHandler, HTTPServer
+
+class Handler(BaseHTTPRequestHandler):
+    asked = 0
+
+    def do_GET(self):
+        Handler.asked += 1
+        self.send_response(200 if Handler.asked > 3 else 503)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def log_message(self, *args):
+        pass
+
+HTTPServer(("127.0.0.1", int(sys.argv[1])), Handler).serve_forever()
+"""
+
+
+def test_servers_are_used_once_ready_not_once_up(tmp_path: Path) -> None:
+    """The helper every test starts Prometheus and Alertmanager with waits for /-/ready."""
+    script = tmp_path / "unready_at_first.py"
+    script.write_text(UNREADY_AT_FIRST)
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    with running_ready([sys.executable, str(script), str(port)], tmp_path / "log", url):
+        assert http_get(f"{url}/-/ready")[0] == 200
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(PROMETHEUS is None, reason="prometheus is not installed")
 def test_every_platform_panel_returns_data_from_a_real_prometheus(tmp_path: Path) -> None:
@@ -191,7 +224,7 @@ def test_every_platform_panel_returns_data_from_a_real_prometheus(tmp_path: Path
         return result
 
     try:
-        with running(
+        with running_ready(
             [
                 PROMETHEUS,
                 f"--config.file={config}",
@@ -199,6 +232,7 @@ def test_every_platform_panel_returns_data_from_a_real_prometheus(tmp_path: Path
                 f"--web.listen-address=127.0.0.1:{port}",
             ],
             tmp_path / "prometheus.log",
+            f"http://127.0.0.1:{port}",
         ):
             wait_for(lambda: query("count_over_time(up[1m]) > 3"), 60, "a few scrapes")
             board = json.loads(DASHBOARD.read_text())
