@@ -38,7 +38,7 @@ from exporter.scheduler import (
     run_query,
 )
 from exporter.settings import Settings
-from exporter.snapshot import Outcome, SystemClock
+from exporter.snapshot import Outcome, Skipped, SystemClock, Values
 from exporter.statuspage import StatusPage
 from exporter.store import ExporterStore, Joined, Store, TargetStore
 from exporter.targets import Target
@@ -284,14 +284,13 @@ def check(
     failed = 0
     for o in outcomes:
         name = o.query.name.ljust(width)
-        if o.skipped is not None:
-            out.write(f"skip  {name}  requires {o.skipped.advice}\n")
-        elif o.error is not None:
-            failed += 1
-            out.write(
-                redact(f"FAIL  {name}  {o.duration:.3f}s  {o.error.reason}: {o.error.message}\n")
-            )
-        else:
-            out.write(f"ok    {name}  {o.duration:.3f}s  rows={o.rows} series={o.series}\n")
+        match o.result:
+            case Skipped(requirement):
+                out.write(f"skip  {name}  requires {requirement.advice}\n")
+            case QueryError(reason=reason, message=message):
+                failed += 1
+                out.write(redact(f"FAIL  {name}  {o.duration:.3f}s  {reason}: {message}\n"))
+            case Values(series=series):
+                out.write(f"ok    {name}  {o.duration:.3f}s  rows={o.row_count} series={series}\n")
     out.write(f"{len(outcomes) - failed} ok, {failed} failed\n")
     return 1 if failed else 0

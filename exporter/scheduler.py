@@ -24,8 +24,17 @@ from exporter.contract import first_missing
 from exporter.db import Database, Result
 from exporter.errors import ErrorReason, QueryError
 from exporter.exposition import Fragment, to_client_families
-from exporter.mapping import Family, map_rows
-from exporter.snapshot import Clock, Instant, Outcome, Requirement, SystemClock, transition
+from exporter.mapping import map_rows
+from exporter.snapshot import (
+    Clock,
+    Instant,
+    Outcome,
+    Requirement,
+    Skipped,
+    SystemClock,
+    Values,
+    transition,
+)
 from exporter.store import TargetStore
 
 # One target's first runs come within this; n targets' within n times it (at most an interval).
@@ -50,9 +59,9 @@ class EventLog(Protocol):
 
 def _map_and_encode(
     query: Query, columns: Sequence[str], rows: Sequence[Sequence[object]], max_series: int
-) -> tuple[tuple[Family, ...], Fragment]:
+) -> Values:
     families = map_rows(query, columns, rows, max_series=max_series)
-    return families, Fragment.encode(to_client_families(families, query.interval))
+    return Values(families, Fragment.encode(to_client_families(families, query.interval)))
 
 
 async def run_query(
@@ -66,37 +75,30 @@ async def run_query(
             info = await db.server_info(query.timeout)
             missing = [e for e in query.requires if e not in info.extensions]
             if missing:
-                return Outcome(query, 0.0, skipped=Requirement("extension", missing[0]))
+                return Outcome(query, 0.0, Skipped(Requirement("extension", missing[0])))
             if query.min_server_version and info.major_version < query.min_server_version:
-                return Outcome(
-                    query, 0.0, skipped=Requirement("server_version", str(query.min_server_version))
-                )
+                needed = Requirement("server_version", str(query.min_server_version))
+                return Outcome(query, 0.0, Skipped(needed))
         # The schema contract: a column the CMS lacks, or the role script not run, is a skip
         # naming it (a deployment mistake), not a failing query that pages as a blind check.
         lacking = await first_missing(db, query.needs, query.timeout)
         if lacking is not None:
-            return Outcome(query, 0.0, skipped=lacking)
+            return Outcome(query, 0.0, Skipped(lacking))
         # Each row yields at least one series: fetching stops one row past the cap.
         cap = query.series_cap(max_series)
         result = await _fetch(db, query, params, cap)
         if len(result.rows) <= INLINE_ROWS:
             # A few rows encode in well under a millisecond: cheaper here than a thread hop
             # (which, with hundreds of targets, cost more CPU than the encoding itself).
-            families, fragment = _map_and_encode(query, result.columns, result.rows, max_series)
+            values = _map_and_encode(query, result.columns, result.rows, max_series)
         else:
             # Encoding a large result takes time: a worker thread keeps /metrics answering.
-            families, fragment = await asyncio.to_thread(
+            values = await asyncio.to_thread(
                 _map_and_encode, query, result.columns, result.rows, max_series
             )
     except QueryError as exc:
-        return Outcome(query, time.perf_counter() - started, error=exc)
-    return Outcome(
-        query,
-        time.perf_counter() - started,
-        families=families,
-        fragment=fragment,
-        rows=len(result.rows),
-    )
+        return Outcome(query, time.perf_counter() - started, exc)
+    return Outcome(query, time.perf_counter() - started, values, row_count=len(result.rows))
 
 
 async def _fetch(db: Database, query: Query, params: Mapping[str, object], cap: int) -> Result:
@@ -289,7 +291,7 @@ class Scheduler:
             error = outcome.error
             if error is not None and error.reason is ErrorReason.CONNECTION:
                 self._on_connection_error()
-            elif outcome.skipped is None and reachable(error):
+            elif not isinstance(outcome.result, Skipped) and reachable(error):
                 self._on_contact()
             await self._sleep(next_delay(query.interval, offset, started, self._clock.now().wall))
 

@@ -8,7 +8,7 @@ from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamil
 
 from exporter import __version__
 from exporter.errors import ErrorReason
-from exporter.snapshot import Snapshot
+from exporter.snapshot import Failing, NeverRun, Ok, Skipped, Snapshot
 
 PREFIX = "homepage_exporter_"
 
@@ -70,12 +70,17 @@ def target_families(snapshots: Iterable[Snapshot], *, database_up: bool) -> Iter
         name = snap.query.name
         interval.add_metric([name], snap.query.interval)
         stale.add_metric([name], snap.query.stale_after)
-        if snap.skipped is not None:
-            skipped.add_metric([name, str(snap.skipped)], 1.0)
-            continue
-        series.add_metric([name], float(snap.series))
-        if snap.up is not None:
-            up.add_metric([name], 1.0 if snap.up else 0.0)
+        match snap.status:
+            case Skipped(requirement):
+                skipped.add_metric([name, str(requirement)], 1.0)
+                continue
+            case Ok():
+                up.add_metric([name], 1.0)
+            case Failing():
+                up.add_metric([name], 0.0)
+            case NeverRun():
+                pass
+        series.add_metric([name], float(snap.values.series))
         if snap.duration is not None:
             duration.add_metric([name], snap.duration)
         if snap.last_success is not None:

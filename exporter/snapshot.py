@@ -5,6 +5,14 @@
 The scheduler and `once` both use it; it reads no clock and touches no store, so every rule
 (keep the last values while they are fresh, withdraw them once stale, count runs and errors,
 log a failure once and its recovery once) is unit-tested with a fake clock and no sleeping.
+
+A query's status is one of four, each carrying only what it means (`match` on it; mypy checks
+that every reader handles all four):
+
+    NeverRun                  nothing ran yet (after start, or after its SQL changed)
+    Ok                        the last run succeeded
+    Failing(reason, runs)     the last `runs` runs failed, the latest for `reason`
+    Skipped(requirement)      not run: the server lacks what the query requires
 """
 
 from __future__ import annotations
@@ -16,27 +24,86 @@ from types import MappingProxyType
 from typing import Protocol
 
 from exporter.config import Query
-from exporter.contract import Requirement as Requirement  # re-exported: Outcome names it
+from exporter.contract import Requirement as Requirement  # re-exported: Skipped names it
 from exporter.errors import ErrorReason, QueryError
 from exporter.exposition import EMPTY, Fragment
 from exporter.mapping import Family
 
 
 @dataclass(frozen=True, slots=True)
-class Outcome:
-    """What one run of one query produced: values, a classified error, or a skip."""
+class Values:
+    """What a successful run produced: its families and their encoded fragment, together."""
 
-    query: Query
-    duration: float
     families: tuple[Family, ...] = ()
     fragment: Fragment = EMPTY
-    rows: int = 0
-    error: QueryError | None = None
-    skipped: Requirement | None = None
 
     @property
     def series(self) -> int:
         return sum(len(f.samples) for f in self.families)
+
+
+NO_VALUES = Values()
+
+
+@dataclass(frozen=True, slots=True)
+class NeverRun:
+    """Nothing ran yet."""
+
+
+@dataclass(frozen=True, slots=True)
+class Ok:
+    """The last run succeeded."""
+
+
+@dataclass(frozen=True, slots=True)
+class Failing:
+    """The last `runs` runs failed (in a row); the latest for `reason`."""
+
+    reason: ErrorReason
+    runs: int = 1
+
+
+@dataclass(frozen=True, slots=True)
+class Skipped:
+    """Not run: the server lacks what the query requires."""
+
+    requirement: Requirement
+
+
+Status = NeverRun | Ok | Failing | Skipped
+NEVER_RUN = NeverRun()
+OK = Ok()
+
+
+def is_up(status: Status) -> bool | None:
+    """What query_up says: True or False once the query ran, None if it never ran or is skipped."""
+    match status:
+        case Ok():
+            return True
+        case Failing():
+            return False
+        case NeverRun() | Skipped():
+            return None
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """What one run of one query produced: values (from `row_count` rows), a classified
+    error, or a skip."""
+
+    query: Query
+    duration: float
+    result: Values | QueryError | Skipped
+    row_count: int = 0
+
+    @property
+    def error(self) -> QueryError | None:
+        return self.result if isinstance(self.result, QueryError) else None
+
+    @property
+    def values(self) -> Values:
+        """The run's values; none unless it succeeded."""
+        return self.result if isinstance(self.result, Values) else NO_VALUES
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,22 +131,14 @@ class Snapshot:
     """Everything known about one query; replaced whole after every run, never mutated."""
 
     query: Query
-    fragment: Fragment = EMPTY
-    families: tuple[Family, ...] = ()  # the values behind `fragment`
-    up: bool | None = None
-    skipped: Requirement | None = None
+    values: Values = NO_VALUES  # what is served: the last success's, while fresh
+    status: Status = NEVER_RUN
     duration: float | None = None
     last_success: Instant | None = None
     last_error: str | None = None
     last_error_at: Instant | None = None
     runs: int = 0
     errors: Mapping[ErrorReason, int] = field(default_factory=lambda: _NO_ERRORS)
-    failing: ErrorReason | None = None  # the reason of the current run of failures
-    failed_runs: int = 0
-
-    @property
-    def series(self) -> int:
-        return sum(len(f.samples) for f in self.families)
 
     def carried_to(self, query: Query) -> Snapshot:
         """This query's counters under a changed definition (after a reload); values start over:
@@ -105,22 +164,21 @@ class Event:
 def transition(prev: Snapshot, outcome: Outcome, now: Instant) -> tuple[Snapshot, list[Event]]:
     """The next snapshot of `prev`'s query after `outcome`, and what to log about it."""
     events: list[Event] = []
-    if outcome.skipped is not None:
-        if prev.skipped != outcome.skipped:
-            events.append(Event("info", "query_skipped", {"requirement": str(outcome.skipped)}))
-        return Snapshot(
-            prev.query, skipped=outcome.skipped, runs=prev.runs, errors=prev.errors
-        ), events
+    result = outcome.result
+    if isinstance(result, Skipped):
+        if prev.status != result:
+            events.append(Event("info", "query_skipped", {"requirement": str(result.requirement)}))
+        return Snapshot(prev.query, status=result, runs=prev.runs, errors=prev.errors), events
     runs = prev.runs + 1
-    if outcome.error is None:
-        if prev.failing is not None:
-            events.append(Event("info", "query_recovered", {"failed_runs": prev.failed_runs}))
+    failing = prev.status if isinstance(prev.status, Failing) else None
+    if isinstance(result, Values):
+        if failing is not None:
+            events.append(Event("info", "query_recovered", {"failed_runs": failing.runs}))
         return (
             Snapshot(
                 prev.query,
-                fragment=outcome.fragment,
-                families=outcome.families,
-                up=True,
+                values=result,
+                status=OK,
                 duration=outcome.duration,
                 last_success=now,
                 last_error=prev.last_error,
@@ -130,10 +188,10 @@ def transition(prev: Snapshot, outcome: Outcome, now: Instant) -> tuple[Snapshot
             ),
             events,
         )
-    error = outcome.error
+    error = result
     errors = dict(prev.errors)
     errors[error.reason] = errors.get(error.reason, 0) + 1
-    if prev.failing != error.reason:
+    if failing is None or failing.reason != error.reason:
         events.append(
             Event("warning", "query_failed", {"reason": error.reason.value, "error": error.message})
         )
@@ -141,24 +199,20 @@ def transition(prev: Snapshot, outcome: Outcome, now: Instant) -> tuple[Snapshot
         prev.last_success is not None
         and now.monotonic - prev.last_success.monotonic <= prev.query.stale_after
     )
-    if not fresh and prev.series:
+    if not fresh and prev.values.series:
         events.append(
             Event("info", "query_values_withdrawn", {"stale_after": prev.query.stale_after})
         )
     return (
         replace(
             prev,
-            fragment=prev.fragment if fresh else EMPTY,
-            families=prev.families if fresh else (),
+            values=prev.values if fresh else NO_VALUES,
             last_error=f"{error.reason}: {error.message}",
             last_error_at=now,
-            up=False,
-            skipped=None,
+            status=Failing(error.reason, 1 if failing is None else failing.runs + 1),
             duration=outcome.duration,
             runs=runs,
             errors=MappingProxyType(errors),
-            failing=error.reason,
-            failed_runs=prev.failed_runs + 1,
         ),
         events,
     )

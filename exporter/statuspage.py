@@ -27,7 +27,7 @@ from exporter.incidents import (
     samples_of,
     shipped,
 )
-from exporter.snapshot import Snapshot
+from exporter.snapshot import Failing, NeverRun, Ok, Skipped, Snapshot, is_up
 from exporter.store import Coalesced, TargetStore
 
 QUICKREF = Path(__file__).with_name("quickref.json")
@@ -74,7 +74,7 @@ def current(snapshots: Sequence[Snapshot], check: Check) -> float | None:
     values = [
         sample.value
         for snap in snapshots
-        for family in snap.families
+        for family in snap.values.families
         if family.metric.name == check.metric
         for sample in family.samples
         if all(
@@ -93,8 +93,8 @@ def incidents_now(
 ) -> list[Firing]:
     """The runbook's incidents that hold on these snapshots: the conditions the alerting rules
     are rendered from and triage evaluates (exporter/incidents.py), on the same samples."""
-    up = {s.query.name: s.up for s in snapshots if s.up is not None}
-    samples = samples_of((f for s in snapshots for f in s.families), up)
+    up = {s.query.name: u for s in snapshots if (u := is_up(s.status)) is not None}
+    samples = samples_of((f for s in snapshots for f in s.values.families), up)
     return evaluate(samples, thresholds, now, incidents)
 
 
@@ -218,12 +218,15 @@ def render(
             "<th class=wide>Every</th></tr>"
         )
         for snap in snaps:
-            if snap.skipped is not None:
-                q_state, word = "unknown", f"skipped: needs {snap.skipped.advice}"
-            elif snap.up is None:
-                q_state, word = "unknown", "not run yet"
-            else:
-                q_state, word = ("ok", "") if snap.up else ("critical", "")
+            match snap.status:
+                case Skipped(requirement):
+                    q_state, word = "unknown", f"skipped: needs {requirement.advice}"
+                case NeverRun():
+                    q_state, word = "unknown", "not run yet"
+                case Ok():
+                    q_state, word = "ok", ""
+                case Failing():
+                    q_state, word = "critical", ""
             success = snap.last_success.wall if snap.last_success else None
             error = snap.last_error is not None
             out.append(

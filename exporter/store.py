@@ -162,7 +162,7 @@ class TargetStore(Store):
 
     def build(self) -> Iterable[Fragment]:
         for snap in self._snapshots.values():
-            yield snap.fragment
+            yield snap.values.fragment
         yield self._own.fragment(tuple(self._snapshots.values()), database_up=self.database_up)
 
 

@@ -10,7 +10,7 @@ from exporter.config import Query, load_config
 from exporter.demo.cluster import Cluster
 from exporter.scheduler import run_query
 from exporter.settings import SHIPPED_QUERIES, Settings, load_settings
-from exporter.snapshot import Outcome
+from exporter.snapshot import Outcome, Skipped
 from exporter.targets import load_targets
 from tests.conftest import TEMPLATE, exporter_dsn
 
@@ -28,7 +28,7 @@ class Values:
     outcome: Outcome
 
     def __call__(self, metric: str, **labels: str) -> float | None:
-        for family in self.outcome.families:
+        for family in self.outcome.values.families:
             if family.metric.name != metric:
                 continue
             for sample in family.samples:
@@ -39,7 +39,7 @@ class Values:
         raise KeyError(f"{metric} is not a metric of {self.outcome.query.name}")
 
     def labels(self, metric: str) -> set[tuple[str, ...]]:
-        family = next(f for f in self.outcome.families if f.metric.name == metric)
+        family = next(f for f in self.outcome.values.families if f.metric.name == metric)
         return {s.labels for s in family.samples}
 
 
@@ -61,7 +61,7 @@ def run_named(pg: Cluster, database: str, name: str, **overrides: object) -> Out
 def values(pg: Cluster, database: str, name: str, **overrides: object) -> Values:
     outcome = run_named(pg, database, name, **overrides)
     assert outcome.error is None, outcome.error
-    assert outcome.skipped is None, outcome.skipped
+    assert not isinstance(outcome.result, Skipped), outcome.result
     return Values(outcome)
 
 

@@ -55,7 +55,7 @@ def test_each_locale_has_its_own_deadline(pg: Cluster, db: str, tmp_path: Path) 
     """Three locales at 0.6 s: 1.8 s in all, each well within its 1 s."""
     outcome = run(pg, db, "en,de,fr", tmp_path)
     assert outcome.error is None, outcome.error
-    (family,) = outcome.families
+    (family,) = outcome.values.families
     assert sorted(s.labels for s in family.samples) == [("de",), ("en",), ("fr",)]
 
 

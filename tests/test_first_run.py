@@ -18,7 +18,7 @@ from exporter.config import Config, Query, load_config
 from exporter.demo.cluster import Cluster
 from exporter.logs import get_logger
 from exporter.scheduler import FIRST_RUN_WINDOW_SECONDS, Scheduler
-from exporter.snapshot import Outcome
+from exporter.snapshot import Outcome, Values
 from exporter.store import TargetStore
 from tests.conftest import exporter_dsn
 from tests.harness import Exporter, exporter_env, write_queries
@@ -48,7 +48,7 @@ async def _first_runs(before: Config, after: Config, reload_at: float) -> dict[s
 
     async def run(query: Query) -> Outcome:
         first.setdefault(f"{query.name}@{since[query.name]:g}", clock.t - since[query.name])
-        return Outcome(query, 0.0, fragment=VALUES)
+        return Outcome(query, 0.0, Values(fragment=VALUES))
 
     store = TargetStore(before)
     scheduler = Scheduler(store, get_logger(), run=run, clock=clock, sleep=clock.sleep)

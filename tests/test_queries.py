@@ -19,6 +19,7 @@ from exporter.config import load_config
 from exporter.demo.cluster import Cluster, unprivileged_user
 from exporter.demo.database import create_cms_database
 from exporter.settings import SHIPPED_QUERIES
+from exporter.snapshot import Requirement, Skipped
 from tests.conftest import BARE, CMS, CMS_TABLES, SERVERS, Servers, exporter_dsn
 from tests.harness import EXPORTER_PASSWORD, wait_for
 from tests.queries_harness import Values, run_named, shipped, values
@@ -912,8 +913,9 @@ def _scans(node: dict[str, Any]) -> set[tuple[str, str]]:
 
 
 def test_without_pg_cron_and_pg_stat_statements_those_queries_are_skipped(pg: Cluster) -> None:
-    assert str(run_named(pg, BARE, "cron_jobs").skipped) == "extension:pg_cron"
-    assert str(run_named(pg, BARE, "statements").skipped) == "extension:pg_stat_statements"
+    assert run_named(pg, BARE, "cron_jobs").result == Skipped(Requirement("extension", "pg_cron"))
+    statements = run_named(pg, BARE, "statements").result
+    assert statements == Skipped(Requirement("extension", "pg_stat_statements"))
     v = values(pg, BARE, "extensions")
     assert v("homepage_postgres_extension_installed", extension="pg_cron") == 0
     assert v("homepage_postgres_extension_installed", extension="pg_stat_statements") == 0
@@ -926,7 +928,7 @@ def test_every_other_query_works_without_the_extensions(pg: Cluster) -> None:
     for query in load_config(SHIPPED_QUERIES).enabled:
         outcome = run_named(pg, BARE, query.name)
         if query.requires:
-            assert outcome.skipped is not None, query.name
+            assert isinstance(outcome.result, Skipped), query.name
         else:
             assert outcome.error is None, (query.name, outcome.error)
 
@@ -998,8 +1000,7 @@ def test_the_runbooks_maintenance_is_no_runaway_query(pg: Cluster, db: str) -> N
     as maintenance; an application's query on the same tables does not; an open transaction's
     idle time is read."""
     pg.psql(
-        SECTIONS
-        + "CREATE FUNCTION slow_key(t text) RETURNS text IMMUTABLE LANGUAGE plpgsql AS"
+        SECTIONS + "CREATE FUNCTION slow_key(t text) RETURNS text IMMUTABLE LANGUAGE plpgsql AS"
         " $$BEGIN PERFORM pg_sleep(0.5); RETURN t; END$$;",
         database=db,
     )

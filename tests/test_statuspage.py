@@ -21,7 +21,7 @@ from exporter.errors import ErrorReason, QueryError
 from exporter.http import HttpServer
 from exporter.mapping import Family, Sample
 from exporter.settings import SHIPPED_QUERIES, ListenAddress
-from exporter.snapshot import Instant, Outcome, transition
+from exporter.snapshot import Instant, Outcome, Values, transition
 from exporter.statuspage import StatusPage, load_checks
 from exporter.store import TargetStore
 from tests.conftest import exporter_dsn
@@ -60,7 +60,7 @@ def publish(store: TargetStore, query_name: str, metric: str, value: float) -> N
     assert previous is not None
     family = next(m for m in previous.query.metrics if m.name == metric)
     labels = tuple("x" for _ in family.labels)
-    outcome = Outcome(previous.query, 0.01, families=(Family(family, (Sample(labels, value),)),))
+    outcome = Outcome(previous.query, 0.01, Values((Family(family, (Sample(labels, value),)),)))
     store.publish(transition(previous, outcome, Instant(NOW, 0.0))[0])
 
 
@@ -103,9 +103,7 @@ def test_each_query_shows_its_health_and_last_error(config: Config) -> None:
     page = StatusPage([("", store)], LINKS, clock=lambda: NOW + 90)
     previous = store.snapshot("media")
     assert previous is not None
-    failing = Outcome(
-        previous.query, 0.1, error=QueryError(ErrorReason.PERMISSION, "permission denied")
-    )
+    failing = Outcome(previous.query, 0.1, QueryError(ErrorReason.PERMISSION, "permission denied"))
     store.publish(transition(previous, failing, Instant(NOW, 0.0))[0])
     rows = parse(page.body)
     assert rows.queries["media"] == "critical"

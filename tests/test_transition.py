@@ -30,7 +30,19 @@ from exporter.scheduler import (
     phase,
     record,
 )
-from exporter.snapshot import Event, Instant, Outcome, Requirement, Snapshot, transition
+from exporter.snapshot import (
+    NEVER_RUN,
+    OK,
+    Event,
+    Failing,
+    Instant,
+    Outcome,
+    Requirement,
+    Skipped,
+    Snapshot,
+    Values,
+    transition,
+)
 from exporter.store import TargetStore
 
 QUERIES = """\
@@ -69,11 +81,11 @@ def at(seconds: float, wall_offset: float = 1_700_000_000.0) -> Instant:
 def ok(snapshot: Snapshot, series: int = 1) -> Outcome:
     metric = snapshot.query.metrics[0]
     families = (Family(metric, tuple(Sample((), float(i)) for i in range(series))),)
-    return Outcome(snapshot.query, 0.01, families=families, fragment=VALUES, rows=series)
+    return Outcome(snapshot.query, 0.01, Values(families, VALUES), row_count=series)
 
 
 def failed(snapshot: Snapshot, reason: ErrorReason = ErrorReason.CONNECTION) -> Outcome:
-    return Outcome(snapshot.query, 0.02, error=QueryError(reason, "server closed the connection"))
+    return Outcome(snapshot.query, 0.02, QueryError(reason, "server closed the connection"))
 
 
 def names(events: list[Event]) -> list[str]:
@@ -83,9 +95,9 @@ def names(events: list[Event]) -> list[str]:
 def test_a_success_installs_values_and_counts_the_run(config: Config) -> None:
     start = Snapshot(config.enabled[0])
     after, events = transition(start, ok(start), at(5))
-    assert after.fragment == VALUES
-    assert after.up is True
-    assert after.series == 1
+    assert after.values.fragment == VALUES
+    assert after.status == OK
+    assert after.values.series == 1
     assert after.runs == 1
     assert after.last_success == at(5)
     assert events == []
@@ -95,18 +107,18 @@ def test_values_are_kept_while_fresh_then_withdrawn_once(config: Config) -> None
     query = config.enabled[0]  # interval 10 s: stale after 30 s
     s, _ = transition(Snapshot(query), ok(Snapshot(query)), at(0))
     s, events = transition(s, failed(s), at(29))
-    assert s.fragment == VALUES, "a failure within stale_after keeps the last values"
-    assert s.series == 1
-    assert s.up is False
+    assert s.values.fragment == VALUES, "a failure within stale_after keeps the last values"
+    assert s.values.series == 1
+    assert s.status == Failing(ErrorReason.CONNECTION, runs=1)
     assert names(events) == ["query_failed"]
     s, events = transition(s, failed(s), at(30.5))
-    assert s.fragment.text == b"", "past stale_after the values go"
-    assert s.series == 0
+    assert s.values.fragment.text == b"", "past stale_after the values go"
+    assert s.values.series == 0
     assert names(events) == ["query_values_withdrawn"]
     s, events = transition(s, failed(s), at(60))
     assert events == [], "withdrawn once, failing reported once"
     assert s.errors == {ErrorReason.CONNECTION: 3}
-    assert s.failed_runs == 3
+    assert s.status == Failing(ErrorReason.CONNECTION, runs=3)
     assert s.runs == 4
 
 
@@ -115,7 +127,7 @@ def test_staleness_is_measured_on_the_monotonic_clock(config: Config) -> None:
     s, _ = transition(Snapshot(query), ok(Snapshot(query)), Instant(1_700_000_000.0, 100.0))
     # The wall clock jumps a day ahead (NTP step); only 5 s really passed.
     s, _ = transition(s, failed(s), Instant(1_700_086_400.0, 105.0))
-    assert s.fragment == VALUES
+    assert s.values.fragment == VALUES
 
 
 def test_a_new_reason_is_logged_and_recovery_is_logged_once(config: Config) -> None:
@@ -124,6 +136,7 @@ def test_a_new_reason_is_logged_and_recovery_is_logged_once(config: Config) -> N
     s, first = transition(s, failed(s, ErrorReason.TIMEOUT), at(0))
     s, same = transition(s, failed(s, ErrorReason.TIMEOUT), at(10))
     s, other = transition(s, failed(s, ErrorReason.PERMISSION), at(20))
+    assert s.status == Failing(ErrorReason.PERMISSION, runs=3), "a run of failures, any reason"
     s, recovered = transition(s, ok(s), at(30))
     s, quiet = transition(s, ok(s), at(40))
     assert names(first) == ["query_failed"]
@@ -133,16 +146,16 @@ def test_a_new_reason_is_logged_and_recovery_is_logged_once(config: Config) -> N
     assert recovered[0].fields == {"failed_runs": 3}
     assert quiet == []
     assert s.errors == {ErrorReason.TIMEOUT: 2, ErrorReason.PERMISSION: 1}
-    assert s.failing is None
-    assert s.failed_runs == 0
+    assert s.status == OK
 
 
 def test_a_skip_is_said_once_and_does_not_count_as_a_run(config: Config) -> None:
     query = config.enabled[0]
-    skip = Outcome(query, 0.0, skipped=Requirement("extension", "pg_cron"))
+    skip = Outcome(query, 0.0, Skipped(Requirement("extension", "pg_cron")))
     s, events = transition(Snapshot(query), skip, at(0))
     s, again = transition(s, skip, at(10))
-    assert str(s.skipped) == "extension:pg_cron"
+    assert s.status == Skipped(Requirement("extension", "pg_cron"))
+    assert str(s.status.requirement) == "extension:pg_cron"
     assert s.runs == 0
     assert names(events) == ["query_skipped"]
     assert again == []
@@ -167,9 +180,10 @@ def test_a_reload_keeps_unchanged_queries_and_the_counters_of_changed_ones(
     kept, restarted = store.snapshot("alpha"), store.snapshot("beta")
     assert kept is not None
     assert restarted is not None
-    assert kept.fragment == VALUES
+    assert kept.values.fragment == VALUES
     assert kept.runs == 2
-    assert restarted.fragment.text == b"", "values from the old SQL are not served"
+    assert restarted.values.fragment.text == b"", "values from the old SQL are not served"
+    assert restarted.status == NEVER_RUN
     assert restarted.runs == 1, "counters carry over: a counter never goes back"
 
 
@@ -242,7 +256,7 @@ async def _drive(
 
         async def run(query: Query, rank: int = rank) -> Outcome:
             runs.setdefault((rank, query.name), []).append(clock.t)
-            return Outcome(query, 0.0, fragment=VALUES)
+            return Outcome(query, 0.0, Values(fragment=VALUES))
 
         stores.append(store)
         schedulers.append(

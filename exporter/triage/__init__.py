@@ -33,7 +33,7 @@ from exporter.incidents import (
 )
 from exporter.mapping import Family
 from exporter.scheduler import ping, reachable, run_query
-from exporter.snapshot import Outcome
+from exporter.snapshot import NO_VALUES, Outcome, Skipped, Values
 from exporter.targets import Target
 from exporter.triage.drilldown import Context, drilldown
 from exporter.triage.report import EXIT_CANNOT_TELL, Finding, Report, write_json, write_text
@@ -89,14 +89,14 @@ def _merge(query: Query, runs: Sequence[Outcome]) -> Outcome:
         return runs[0]
     by_metric: dict[str, Family] = {}
     for outcome in ok:
-        for family in outcome.families:
+        for family in outcome.values.families:
             seen = by_metric.get(family.metric.name)
             by_metric[family.metric.name] = (
                 family
                 if seen is None
                 else dataclasses.replace(seen, samples=seen.samples + family.samples)
             )
-    return Outcome(query, max(o.duration for o in runs), families=tuple(by_metric.values()))
+    return Outcome(query, max(o.duration for o in runs), Values(tuple(by_metric.values())))
 
 
 async def _run_queries(
@@ -120,7 +120,7 @@ async def _run_queries(
     )
     outcomes = list(others)
     for query, (runs, render_failed) in zip(render, rendered, strict=True):
-        outcomes.append(_merge(query, runs) if runs else Outcome(query, 0.0))
+        outcomes.append(_merge(query, runs) if runs else Outcome(query, 0.0, NO_VALUES))
         if len(render_failed) < len(runs):
             failed.update(render_failed)
     return outcomes, failed
@@ -154,14 +154,18 @@ async def triage(
             return report
         outcomes, report.failed = await _run_queries(db, config, target, chosen)
         errors: dict[str, str] = {}
+        up: dict[str, bool] = {}
         for o in outcomes:
-            if o.error is not None:
-                errors[o.query.name] = f"{o.error.reason}: {o.error.message}"
-            elif o.skipped is not None:
-                report.skipped[o.query.name] = str(o.skipped)
+            match o.result:
+                case QueryError(reason=reason, message=message):
+                    errors[o.query.name] = f"{reason}: {message}"
+                    up[o.query.name] = False
+                case Skipped(requirement):
+                    report.skipped[o.query.name] = str(requirement)
+                case Values():
+                    up[o.query.name] = True
         report.failed.update(errors)
-        up = {o.query.name: o.error is None for o in outcomes if o.skipped is None}
-        samples = samples_of((f for o in outcomes for f in o.families), up)
+        samples = samples_of((f for o in outcomes for f in o.values.families), up)
         firings = evaluate(samples, t, time.time(), chosen)
         ctx = Context(db, s.locales, t, errors, DRILLDOWN_TIMEOUT_SECONDS, target.params)
 
