@@ -156,7 +156,7 @@ class Snapshot:
 class Event:
     """A line to log: the level, the event name and its fields."""
 
-    level: str  # "info" or "warning"
+    level: str  # "debug", "info" or "warning"
     name: str
     fields: Mapping[str, object] = field(default_factory=dict)
 
@@ -192,8 +192,11 @@ def transition(prev: Snapshot, outcome: Outcome, now: Instant) -> tuple[Snapshot
     errors = dict(prev.errors)
     errors[error.reason] = errors.get(error.reason, 0) + 1
     if failing is None or failing.reason != error.reason:
+        # A database that cannot be reached is one line, the ping's (database_unreachable),
+        # not one per query: each query's own connection failure is a detail for debugging.
+        level = "debug" if error.reason is ErrorReason.CONNECTION else "warning"
         events.append(
-            Event("warning", "query_failed", {"reason": error.reason.value, "error": error.message})
+            Event(level, "query_failed", {"reason": error.reason.value, "error": error.message})
         )
     fresh = (
         prev.last_success is not None
