@@ -44,7 +44,7 @@ CONNECT_TIMEOUT_SECONDS = 5.0
 DRILLDOWN_TIMEOUT_SECONDS = 5.0
 # On-call waits for triage: no query may take longer than this (a render blocked for longer is
 # "not loading"; the runbook calls one over a second slow, which is still measured).
-QUERY_DEADLINE_SECONDS = 5.0
+QUERY_DEADLINE_SECONDS = 10.0
 # Enough connections that the per-locale renders and the drill-downs run side by side.
 POOL_SIZE = 4
 # The CMS's own objects: with none of them here, this is not the CMS's database.
