@@ -112,6 +112,10 @@ CREATE INDEX IF NOT EXISTS idx_media_assets_created ON media_assets (created_at)
 CREATE INDEX IF NOT EXISTS idx_homepage_sections_published_version
   ON homepage_sections (published_version_id);
 CREATE INDEX IF NOT EXISTS idx_section_schedules_section ON section_schedules (section_id);
+-- Failed publishes are few and read every 30 s (publish_failures): without this index every
+-- check scans every schedule ever made. docs/runbook.md recommends it to CMSs that lack it.
+CREATE INDEX IF NOT EXISTS idx_section_schedules_failed
+  ON section_schedules (updated_at) WHERE status = 'failed';
 
 -- Everything the public homepage shows for one locale, in display order.
 CREATE OR REPLACE FUNCTION get_homepage_content(p_locale text)
