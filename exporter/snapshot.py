@@ -167,7 +167,14 @@ def transition(prev: Snapshot, outcome: Outcome, now: Instant) -> tuple[Snapshot
     result = outcome.result
     if isinstance(result, Skipped):
         if prev.status != result:
-            events.append(Event("info", "query_skipped", {"requirement": str(result.requirement)}))
+            need = result.requirement
+            # A missing extension is the server's choice; a missing object of the schema
+            # contract is a deployment mistake, said with what to run.
+            mistake = need.kind in ("relation", "column", "function")
+            fields: dict[str, object] = {"requirement": str(need)}
+            if mistake:
+                fields["fix"] = need.advice.removeprefix(str(need)).strip(" ()")
+            events.append(Event("warning" if mistake else "info", "query_skipped", fields))
         return Snapshot(prev.query, status=result, runs=prev.runs, errors=prev.errors), events
     runs = prev.runs + 1
     failing = prev.status if isinstance(prev.status, Failing) else None

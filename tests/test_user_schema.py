@@ -201,3 +201,23 @@ def test_a_partitioned_version_table_is_one_table(pg: Cluster, db: str) -> None:
     pg.psql("GRANT SELECT ON section_versions_new TO anon", database=db)
     rls = Values(run_named(pg, db, "table_rls"))
     assert rls("homepage_cms_table_rls_enabled", table="section_versions_new") == 0
+
+
+def test_before_the_role_script_run_says_to_run_it(pg: Cluster) -> None:
+    """The daemon's own log, not only check --connect: one warning per skipped check, naming
+    what is missing and what to run."""
+    name = _database(pg, role_script=False)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HOMEPAGE_EXPORTER_")}
+    env["DATABASE_URL"] = exporter_dsn(pg, name)
+    result = subprocess.run(
+        [sys.executable, "-m", "exporter", "once"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    skipped = [line for line in result.stderr.splitlines() if "event=query_skipped" in line]
+    render = next(line for line in skipped if "query=homepage_render" in line)
+    assert "level=warning" in render
+    assert 'fix="run exporter/sql/exporter_role.sql, or run it again"' in render
