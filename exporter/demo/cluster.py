@@ -14,6 +14,7 @@ import importlib.util
 import os
 import pwd
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
@@ -140,25 +141,35 @@ class Cluster:
         stderr: bool = False,
     ) -> str:
         env = {**os.environ, "LC_ALL": "C", "LANG": "C"}
-        result: subprocess.CompletedProcess[str] = subprocess.run(
+        process = subprocess.Popen(
             argv,
-            capture_output=True,
+            stdin=subprocess.PIPE if stdin is not None else subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
             text=True,
-            check=False,
             **as_user(self._user),
             env=env,
             cwd="/",
-            input=stdin,
             # Not in the terminal's process group: Ctrl-C reaches only us, and we stop the
             # server and clean up, rather than initdb dying half-way with an error of its own.
             start_new_session=True,
         )
-        if result.returncode != 0:
+        try:
+            out, err = process.communicate(stdin)
+        except BaseException:
+            # Interrupted (Ctrl-C): the whole group goes, initdb's bootstrap backend too, or it
+            # would go on writing into the folder that destroy() is removing.
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+            raise
+        stdout, errors = str(out), str(err)
+        if process.returncode != 0:
             tail = ""
             if self.logfile.exists():
                 tail = "\n".join(self.logfile.read_text(errors="replace").splitlines()[-20:])
-            raise ClusterError(f"{' '.join(argv[:2])} failed: {result.stderr.strip()}\n{tail}")
-        return result.stdout + (result.stderr if stderr else "")
+            raise ClusterError(f"{' '.join(argv[:2])} failed: {errors.strip()}\n{tail}")
+        return stdout + (errors if stderr else "")
 
     def _chown(self, path: Path) -> None:
         if self._user is not None:
