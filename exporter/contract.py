@@ -18,7 +18,7 @@ from __future__ import annotations
 import re
 import time
 import weakref
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -124,12 +124,17 @@ _Checked = dict[tuple[Need, ...], tuple[float, Requirement | None]]
 _cache: weakref.WeakKeyDictionary[Database, _Checked] = weakref.WeakKeyDictionary()
 
 
-async def first_missing(db: Database, needs: Sequence[Need], timeout: float) -> Requirement | None:
+async def first_missing(
+    db: Database,
+    needs: Sequence[Need],
+    timeout: float,
+    clock: Callable[[], float] = time.monotonic,
+) -> Requirement | None:
     """The first of `needs` the database lacks, or None; cached per database for a minute."""
     if not needs:
         return None
     key = tuple(needs)
-    now = time.monotonic()
+    now = clock()
     seen = _cache.setdefault(db, {}).get(key)
     if seen is not None and now - seen[0] < CACHE_SECONDS:
         return seen[1]

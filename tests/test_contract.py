@@ -2,13 +2,24 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import pytest
 
 from exporter.config import load_config
-from exporter.contract import Need, Requirement, parse_need, requirement
+from exporter.contract import (
+    CACHE_SECONDS,
+    Need,
+    Requirement,
+    first_missing,
+    parse_need,
+    requirement,
+)
+from exporter.demo.cluster import Cluster
 from exporter.errors import ConfigError
+from exporter.targets import load_targets
+from tests.queries_harness import settings_for
 
 
 @pytest.mark.parametrize(
@@ -57,3 +68,26 @@ def test_the_role_scripts_objects_say_to_run_it() -> None:
     assert str(column) == "column:public.section_schedules.updated_at"
     assert "vocabulary" in column.advice
     assert str(Requirement("server_version", "13")) == "server_version>=13"
+
+
+def test_a_migration_is_seen_within_the_cache_minute(pg: Cluster, db: str) -> None:
+    """The catalog is asked again once the minute is up: a column added by a migration (or the
+    role script run after start) stops the skip without a restart."""
+    need = parse_need("section_schedules(status, executed_at)")
+    now = [1000.0]
+
+    async def ask() -> Requirement | None:
+        (target,) = load_targets(settings_for(pg, db))
+        async with target.open_database() as database:
+            first = await first_missing(database, [need], 5, clock=lambda: now[0])
+            pg.psql("ALTER TABLE section_schedules ADD COLUMN executed_at timestamptz", database=db)
+            now[0] += CACHE_SECONDS / 2
+            cached = await first_missing(database, [need], 5, clock=lambda: now[0])
+            now[0] += CACHE_SECONDS
+            fresh = await first_missing(database, [need], 5, clock=lambda: now[0])
+        assert first is not None
+        assert str(first) == "column:public.section_schedules.executed_at"
+        assert cached == first  # within the minute: the answer it had
+        return fresh
+
+    assert asyncio.run(ask()) is None

@@ -102,8 +102,10 @@ def test_publish_failures_count_what_process_scheduled_publishes_records(
     pg.psql(
         SECTIONS
         + """
-    INSERT INTO section_schedules (section_id, version_id, publish_at, status, updated_at)
-    SELECT id, gen_random_uuid(), now() - interval '3 hours', 'failed', now() - interval '2 hours'
+    INSERT INTO section_schedules (section_id, version_id, publish_at, status, updated_at,
+                                   processed_at)
+    SELECT id, gen_random_uuid(), now() - interval '3 hours', 'failed', now() - interval '2 hours',
+           now() - interval '90 minutes'
     FROM homepage_sections WHERE locale = 'en' AND section_key = 'hero';
     -- Due schedules: one valid, two pointing at versions of no section (they must fail).
     INSERT INTO section_versions (section_id, version_number, content)
@@ -138,7 +140,7 @@ def test_publish_failures_count_what_process_scheduled_publishes_records(
     assert statuses("homepage_section_schedules", status="pending") == 0
     assert statuses("homepage_section_schedules", status="cancelled") == 0
     assert statuses("homepage_section_schedules_processed_7d", status="completed") == 1
-    assert statuses("homepage_section_schedules_processed_7d", status="failed") == 2
+    assert statuses("homepage_section_schedules_processed_7d", status="failed") == 3
 
 
 def test_requeueing_old_failures_lowers_the_failed_gauge_not_the_hourly_count(
