@@ -20,7 +20,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any, TextIO
 from urllib.parse import urlsplit
 
-from exporter.config import Config, Query
+from exporter.config import Config
 from exporter.db import Database
 from exporter.errors import QueryError
 from exporter.incidents import (
@@ -31,9 +31,8 @@ from exporter.incidents import (
     samples_of,
     shipped,
 )
-from exporter.mapping import Family
 from exporter.scheduler import ping, reachable, run_query
-from exporter.snapshot import NO_VALUES, Outcome, Skipped, Values
+from exporter.snapshot import Outcome, Skipped, Values
 from exporter.targets import Target
 from exporter.triage.drilldown import Context, drilldown
 from exporter.triage.report import EXIT_CANNOT_TELL, Finding, Report, write_json, write_text
@@ -65,45 +64,10 @@ def where(target: Target) -> str:
     return f"{user}{host}{port}{parts.path or '/'}"
 
 
-async def _run_render(
-    db: Database, query: Query, params: Mapping[str, object], max_series: int
-) -> tuple[list[Outcome], dict[str, str]]:
-    """The render probe once per locale, each within the query's own deadline: a slow locale
-    is measured as slow (P3), and only a locale that cannot render at all counts as failing."""
-    locales = list(params.get("locales", ()))  # type: ignore[call-overload]
-    runs = await asyncio.gather(
-        *(run_query(db, query, {**params, "locales": [loc]}, max_series) for loc in locales)
-    )
-    failed = {
-        f"{RENDER}[{loc}]": f"{o.error.reason}: {o.error.message}"
-        for loc, o in zip(locales, runs, strict=True)
-        if o.error is not None
-    }
-    return list(runs), failed
-
-
-def _merge(query: Query, runs: Sequence[Outcome]) -> Outcome:
-    """One outcome of the render probe from its per-locale runs: failing only if all failed."""
-    ok = [o for o in runs if o.error is None]
-    if not ok:
-        return runs[0]
-    by_metric: dict[str, Family] = {}
-    for outcome in ok:
-        for family in outcome.values.families:
-            seen = by_metric.get(family.metric.name)
-            by_metric[family.metric.name] = (
-                family
-                if seen is None
-                else dataclasses.replace(seen, samples=seen.samples + family.samples)
-            )
-    return Outcome(query, max(o.duration for o in runs), Values(tuple(by_metric.values())))
-
-
 async def _run_queries(
     db: Database, config: Config, target: Target, incidents: Sequence[Incident]
-) -> tuple[list[Outcome], dict[str, str]]:
+) -> list[Outcome]:
     params, cap = target.params, target.settings.max_series_per_query
-    failed: dict[str, str] = {}
     # Only the queries an incident reads: the 6-hourly scans of version content, say, decide
     # nothing here and would only spend the deadline.
     read = {m for i in incidents for m in i.metrics}
@@ -112,18 +76,9 @@ async def _run_queries(
         for q in config.enabled
         if q.name == RENDER or any(m.name in read for m in q.metrics)
     ]
-    render = [q for q in queries if q.name == RENDER]
-    rest = [q for q in queries if q.name != RENDER]
-    rendered, others = await asyncio.gather(
-        asyncio.gather(*(_run_render(db, q, params, cap) for q in render)),
-        asyncio.gather(*(run_query(db, q, params, cap) for q in rest)),
-    )
-    outcomes = list(others)
-    for query, (runs, render_failed) in zip(render, rendered, strict=True):
-        outcomes.append(_merge(query, runs) if runs else Outcome(query, 0.0, NO_VALUES))
-        if len(render_failed) < len(runs):
-            failed.update(render_failed)
-    return outcomes, failed
+    # The render probe runs each locale within its own deadline (each: locales, in run_query
+    # as in the daemon): a slow locale is measured as slow, one that cannot render fails it.
+    return list(await asyncio.gather(*(run_query(db, q, params, cap) for q in queries)))
 
 
 async def triage(
@@ -152,7 +107,7 @@ async def triage(
             report.no_cms = report.target
             report.seconds = time.monotonic() - started
             return report
-        outcomes, report.failed = await _run_queries(db, config, target, chosen)
+        outcomes = await _run_queries(db, config, target, chosen)
         errors: dict[str, str] = {}
         up: dict[str, bool] = {}
         for o in outcomes:
