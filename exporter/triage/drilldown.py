@@ -678,6 +678,9 @@ RUNBOOK_INDEXES = {
 }
 
 
+INDEX_STATE = {"HomepageIndexMissing": "missing", "HomepageIndexInvalid": "invalid"}
+
+
 async def indexes(ctx: Context, firing: Firing) -> Finding:
     names = _labels(firing, "index")
     # An index still being built (CREATE INDEX CONCURRENTLY) is invalid until it finishes: it
@@ -690,7 +693,7 @@ async def indexes(ctx: Context, firing: Firing) -> Finding:
         )
     }
     rows = [
-        {"index": n, "state": "building" if n in building else firing.incident.alert[13:].lower()}
+        {"index": n, "state": "building" if n in building else INDEX_STATE[firing.incident.alert]}
         for n in names
     ]
     statements = []
@@ -703,7 +706,7 @@ async def indexes(ctx: Context, firing: Firing) -> Finding:
             statements.append(f"CREATE INDEX CONCURRENTLY {name} ON {RUNBOOK_INDEXES[name]};")
     return Finding(
         firing.incident,
-        f"CMS indexes {firing.incident.alert[13:].lower()}: {', '.join(names)}",
+        f"CMS indexes {INDEX_STATE[firing.incident.alert]}: {', '.join(names)}",
         "; ".join(f"{r['index']} ({r['state']})" for r in rows),
         rows,
         "Build them concurrently (no table lock); leave one that is being built alone.",
