@@ -282,6 +282,19 @@ def test_p3_a_forgotten_session_blocks_the_homepage(pg: Cluster, homepage: str) 
         assert f"SELECT pg_cancel_backend({blocker});" in p3[0]["statements"]
         # Only a prefix of other sessions' SQL is shown.
         assert all(len(r["query_prefix"] or "") <= QUERY_PREFIX_CHARS for r in rows.values())
+        # The printed cancel, run: the blocker's statement stops, its lock goes, nothing waits.
+        pg.psql(f"SELECT pg_cancel_backend({blocker});", database=homepage)
+        wait_for(
+            lambda: (
+                pg.psql(
+                    "SELECT count(*) FROM pg_stat_activity WHERE cardinality(pg_blocking_pids(pid)) > 0",
+                    database=homepage,
+                ).strip()
+                == "0"
+            ),
+            20,
+            "the waiting session to go on",
+        )
     finally:
         for proc in (waiter, holder):
             if proc is not None:
@@ -473,17 +486,21 @@ def test_someone_elses_slow_query_is_no_cms_incident(pg: Cluster, homepage: str)
         "SELECT count(*), pg_sleep(20) FROM orders_daily /* analytics */", homepage
     )
     try:
+        # Poll the server's own age of the query, not a sleep: older than every check's
+        # slow-query threshold (1 s in the drill-downs).
         wait_for(
             lambda: (
-                "analytics"
-                in pg.psql(
-                    "SELECT query FROM pg_stat_activity WHERE state = 'active'", database=homepage
-                )
+                pg.psql(
+                    "SELECT count(*) FROM pg_stat_activity WHERE state = 'active'"
+                    " AND query LIKE '%analytics%' AND pid <> pg_backend_pid()"
+                    " AND clock_timestamp() - query_start > interval '2 seconds'",
+                    database=homepage,
+                ).strip()
+                == "1"
             ),
-            10,
-            "the analytics query to run",
+            15,
+            "the analytics query to run for 2 s",
         )
-        time.sleep(2.5)  # older than the slow-query threshold of every check
         code, data = report(pg, homepage)
         assert code == 0, data["findings"]
         assert not any("pg_cancel_backend" in s for f in data["findings"] for s in f["statements"])
