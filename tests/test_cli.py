@@ -25,17 +25,21 @@ ONE = """\
 """
 
 
-def cli(
-    *args: str, env: dict[str, str] | None = None, cwd: Path | None = None
-) -> subprocess.CompletedProcess[str]:
-    clean = {
+def clean_env() -> dict[str, str]:
+    """This process's environment without any of the exporter's settings."""
+    return {
         k: v
         for k, v in os.environ.items()
         if not k.startswith("HOMEPAGE_EXPORTER_") and k != "DATABASE_URL"
     }
+
+
+def cli(
+    *args: str, env: dict[str, str] | None = None, cwd: Path | None = None
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "exporter", *args],
-        env={**clean, **(env or {})},
+        env={**clean_env(), **(env or {})},
         capture_output=True,
         text=True,
         timeout=60,

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import os
 import re
 import subprocess
 import sys
 import time
 
 from exporter.demo.cluster import free_port
-from tests.test_cli import cli
+from tests.test_cli import clean_env, cli
 
 
 def test_check_says_it_did_not_connect() -> None:
@@ -28,14 +27,9 @@ def test_a_bad_url_names_the_variable_the_user_set() -> None:
 
 def _run_for(seconds: float, env: dict[str, str]) -> str:
     """`run` for a few seconds, then SIGTERM; its log (stderr and stdout together)."""
-    clean = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith("HOMEPAGE_EXPORTER_") and k != "DATABASE_URL"
-    }
     process = subprocess.Popen(
         [sys.executable, "-m", "exporter", "run", "--listen-address", f"127.0.0.1:{free_port()}"],
-        env={**clean, **env},
+        env={**clean_env(), **env},
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,

@@ -8,15 +8,13 @@ command line, whose log lines quote the database they could not reach.
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from exporter.demo.cluster import free_port
 from exporter.logs import Redactor
+from tests.test_cli import cli
 
 SHORT = "prod"
 LONG = "prod-db-secret"  # SHORT is its prefix
@@ -28,22 +26,6 @@ def test_a_secret_that_contains_another_is_masked_whole() -> None:
     for order in ((SHORT, LONG), (LONG, SHORT)):
         masked = Redactor(order)(f"a {LONG} b {SHORT} c")
         assert masked == f"a {Redactor.MASK} b {Redactor.MASK} c"
-
-
-def _cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    clean = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith("HOMEPAGE_EXPORTER_") and k != "DATABASE_URL"
-    }
-    return subprocess.run(
-        [sys.executable, "-m", "exporter", *args],
-        env={**clean, **env},
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
 
 
 @pytest.mark.parametrize("log_format", ["logfmt", "json"])
@@ -67,7 +49,7 @@ def test_no_piece_of_a_longer_password_survives_in_the_logs(
         "HOMEPAGE_EXPORTER_LOG_FORMAT": log_format,
         "HOMEPAGE_EXPORTER_CONNECT_TIMEOUT": "1s",
     }
-    result = _cli("once", "--target", "long", env=env)
+    result = cli("once", "--target", "long", env=env)
     assert result.returncode == 1, result.stderr
     everything = result.stdout + result.stderr
     assert "database_unreachable" in everything, "the run failed and said so"
