@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import gc
 import math
 from decimal import Decimal
 
@@ -10,7 +11,7 @@ import pytest
 
 from exporter.config import Metric, Query
 from exporter.errors import ErrorReason, QueryError
-from exporter.mapping import map_rows, to_label, to_value
+from exporter.mapping import Family, Sample, map_rows, to_label, to_value
 from exporter.schema import MetricType
 
 
@@ -127,3 +128,38 @@ def test_cardinality_guard_marks_the_result_invalid() -> None:
     assert "more than the 10 series allowed" in caught.value.message
     # A per-query limit wins over the global one.
     assert map_rows(query(GAUGE, max_series=20), ["v", "locale"], rows, max_series=10)
+
+
+def test_a_runs_samples_leave_the_garbage_collectors_lists() -> None:
+    """A full collection walks every object the collector tracks while the event loop, and
+    every scrape, waits; a run's samples live for an interval, by the thousand with hundreds
+    of targets, and hold only strings and floats: after one collection it must not see them."""
+    kinds = Metric("homepage_k", MetricType.GAUGE, "k", "v", ("locale", "at", "flag", "n"))
+    when = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
+    rows = [
+        ("en", when, True, Decimal("1.5"), 1),
+        (None, None, False, 7, Decimal("2.5")),
+        ("de", when, None, None, when),
+        ("fr", when, True, 2**40, dt.timedelta(seconds=3)),
+    ]
+    families = map_rows(
+        query(GAUGE, kinds), ["locale", "at", "flag", "n", "v"], rows, max_series=10
+    )
+    gc.collect()
+    assert sum(f.series for f in families) == len([s for f in families for s in f.samples]) == 8
+    # Each family holds its metric (the config's, alive anyway) and nothing else it tracks.
+    held = [r for f in families for r in gc.get_referents(f) if r not in (f.metric, Family)]
+    assert [r for r in held if gc.is_tracked(r)] == []
+
+
+def test_a_family_hands_back_the_samples_it_was_given() -> None:
+    two = Metric("homepage_two", MetricType.GAUGE, "t", "v", ("a", "b"))
+    given = (Sample(("x", ""), 1.0), Sample(("", "y"), math.inf), Sample(("x", "y"), -0.0))
+    family = Family(two, given)
+    assert family.samples == given
+    assert family.series == 3
+    assert Family(two, ()).samples == ()
+    label_less = Metric("homepage_n", MetricType.COUNTER, "n", "v", ())
+    assert Family(label_less, [((), 7.0)]).samples == (Sample((), 7.0),)
+    with pytest.raises(ValueError, match="homepage_two: \\('x',\\) is not one value per label"):
+        Family(two, [(("x",), 1.0)])
