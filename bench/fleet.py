@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime as dt
+import json
 import os
 import random
 import re
@@ -31,7 +32,7 @@ import tempfile
 import threading
 import time
 import timeit
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -43,6 +44,7 @@ from exporter.demo.cluster import Cluster, free_port  # noqa: E402
 from exporter.demo.database import EXPORTER_ROLE, create_cms_database, sql_file  # noqa: E402
 from exporter.exposition import Fragment  # noqa: E402
 from exporter.selfmetrics import target_families  # noqa: E402
+from exporter.snapshot import Instant, Outcome  # noqa: E402
 from exporter.store import TargetStore  # noqa: E402
 from tests.harness import EXPORTER_PASSWORD, Scrape, http_get  # noqa: E402
 from tests.pooler import pgbouncer  # noqa: E402
@@ -75,6 +77,11 @@ class Figures:
     runs: float = 0.0
     timeouts: float = 0.0
     cpu_seconds: float = 0.0  # over both windows
+    full_collections: int = 0  # the collector's generation-2 passes, whole run
+    full_gc_max_ms: float = 0.0  # the longest of them: the event loop stood still that long
+    gc_seconds: float = 0.0  # all collections, all generations
+    tracked: int = 0  # objects the collector tracks at the end (not counting frozen ones)
+    census: dict[str, int] = field(default_factory=dict, repr=False)  # ... by type
     latencies: list[float] = field(default_factory=list, repr=False)
 
 
@@ -128,7 +135,9 @@ def baseline_tree(ref: str, folder: Path) -> Path:
     return tree
 
 
-def measure(variant: Variant, n: int, pooler: int, folder: Path, seconds: float) -> Figures:
+def measure(
+    variant: Variant, n: int, pooler: int, folder: Path, seconds: float, *, traced: bool = False
+) -> Figures:
     port = free_port()
     log = folder / f"{variant.name.split()[0]}-{n}.log"
     env = {
@@ -142,10 +151,14 @@ def measure(variant: Variant, n: int, pooler: int, folder: Path, seconds: float)
         HOMEPAGE_EXPORTER_QUERIES_FILE=str(variant.queries),
         HOMEPAGE_EXPORTER_DATABASE_URL="postgresql://unused@127.0.0.1:1/unused",
     )
+    if traced:
+        env["PYTHONTRACEMALLOC"] = "1"  # where the memory is, by line (slows the process)
     figures = Figures()
+    report = folder / f"{variant.name.split()[0]}-{n}.gc.json"
     with log.open("wb") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "exporter", "run"],
+            # The exporter, its collections timed (bench/gcwatch.py).
+            [sys.executable, str(ROOT / "bench" / "gcwatch.py"), str(report), "run"],
             cwd=folder,  # no .env there; the package comes from PYTHONPATH
             env={**env, "PYTHONPATH": str(variant.root)},
             stdout=subprocess.DEVNULL,
@@ -217,6 +230,7 @@ def measure(variant: Variant, n: int, pooler: int, folder: Path, seconds: float)
             )
         figures.runs *= n / max(read, 1)
         figures.timeouts *= n / max(read, 1)
+        gc_figures(proc, report, figures)
     finally:
         stop.set()
         proc.send_signal(signal.SIGTERM)
@@ -231,6 +245,30 @@ def measure(variant: Variant, n: int, pooler: int, folder: Path, seconds: float)
     return figures
 
 
+def gc_figures(proc: subprocess.Popen[bytes], report: Path, figures: Figures) -> None:
+    """The collections gcwatch timed, and what the collector tracks at the end, by type."""
+    proc.send_signal(signal.SIGUSR1)
+    deadline = time.monotonic() + 60
+    while not report.exists():
+        if time.monotonic() > deadline or proc.poll() is not None:
+            print("  (no GC report)", flush=True)
+            return
+        time.sleep(0.2)
+    data = json.loads(report.read_text())
+    full = [seconds for generation, seconds, _ in data["collections"] if generation == 2]
+    figures.full_collections = len(full)
+    figures.full_gc_max_ms = max(full, default=0.0) * 1000
+    figures.gc_seconds = sum(seconds for _, seconds, _ in data["collections"])
+    figures.tracked = data["tracked"]
+    figures.census = data["by_type"]
+    held = list(data["held_by_type"].items())[:12]
+    print("  held (KiB): " + ", ".join(f"{k} {v / 1024:,.0f}" for k, v in held), flush=True)
+    if "allocated_total" in data:
+        print(f"  allocated, traced: {data['allocated_total'] / 2**20:.1f} MiB", flush=True)
+        for line, size, count in data["allocated_by_line"][:25]:
+            print(f"    {size / 2**20:7.2f} MiB {count:9,} {line}", flush=True)
+
+
 def own_metrics_per_run() -> tuple[float, float]:
     """Milliseconds a run spends re-rendering its target's own metrics (the shipped queries):
     encoding all of them again, as before, and splicing in the one that changed, as now."""
@@ -241,7 +279,7 @@ def own_metrics_per_run() -> tuple[float, float]:
     def one_run() -> None:
         previous = store.snapshot(query.name)
         assert previous is not None
-        store.publish(replace(previous, runs=previous.runs + 1, duration=0.01))  # renders
+        store.apply(Outcome(query, 0.01, previous.values), Instant(0.0, 0.0))  # renders
 
     def whole() -> None:
         Fragment.encode(target_families(store.snapshots, database_up=True))
@@ -254,22 +292,23 @@ def own_metrics_per_run() -> tuple[float, float]:
 
 
 def table(results: dict[int, dict[str, Figures]], variants: list[Variant]) -> list[str]:
-    base, ours = variants[0].name, variants[-1].name
+    base = variants[0].name
     lines = [
         "| targets | exporter | CPU, first 35 s | CPU, steady | RSS | /probe p50 | /probe p99 |"
+        " full GCs (count, longest) | GC-tracked objects |"
         " connections (peak, end) | runs | timed out | CPU per completed run |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for n, row in results.items():
         for variant in variants:
             f = row[variant.name]
             ratio = ""
-            if variant.name == ours and base != ours:
-                b = row[base]
-                ratio = f" ({f.cores / max(b.cores, 1e-9):.2f}x)"
+            if variant.name != base and base.startswith("baseline"):
+                ratio = f" ({f.cores / max(row[base].cores, 1e-9):.2f}x)"
             lines.append(
                 f"| {n} | {variant.name} | {f.start_cores:.2f} core | {f.cores:.2f} core{ratio} |"
                 f" {f.rss_mib:.0f} MiB | {f.p50_ms:.1f} ms | {f.p99_ms:.1f} ms |"
+                f" {f.full_collections}, {f.full_gc_max_ms:.0f} ms | {f.tracked:,} |"
                 f" {f.connections_peak}, {f.connections_end} | {f.runs:,.0f} | {f.timeouts:,.0f} |"
                 f" {f.cpu_seconds * 1000 / max(f.runs - f.timeouts, 1):.1f} ms |"
             )
@@ -337,6 +376,16 @@ def main() -> int:
     parser.add_argument("--baseline", default=BASELINE, help="git ref; 'none' to skip")
     parser.add_argument("--pool-size", type=int, default=POOL_SIZE, help="server connections")
     parser.add_argument("--quick", action="store_true", help="100 and 300 targets, 20 s")
+    parser.add_argument(
+        "--tree",
+        action="append",
+        default=[],
+        metavar="NAME=PATH",
+        help="also measure the exporter in another tree (e.g. a copy with a proposed change)",
+    )
+    parser.add_argument(
+        "--tracemalloc", action="store_true", help="print where the memory is (slower runs)"
+    )
     parser.add_argument("--only", help=argparse.SUPPRESS)  # bench/run passes bench.py's on
     args = parser.parse_args()
     if args.only not in (None, "fleet"):
@@ -355,6 +404,10 @@ def main() -> int:
         # role's limit of five for one database.
         pg.psql(f"ALTER ROLE {EXPORTER_ROLE} CONNECTION LIMIT {args.pool_size + 2}")
         variants = [Variant("this tree", ROOT, ROOT / "queries.yaml")]
+        for spec in args.tree:
+            name, _, path = spec.partition("=")
+            other = Path(path).resolve()
+            variants.append(Variant(name, other, other / "queries.yaml"))
         if args.baseline != "none":
             tree = baseline_tree(args.baseline, folder)
             variants.insert(
@@ -372,9 +425,11 @@ def main() -> int:
                 results[n] = {}
                 for variant in variants:
                     print(f"fleet: {n} targets, {variant.name}", flush=True)
-                    figures = measure(variant, n, pooler, folder, seconds)
+                    figures = measure(variant, n, pooler, folder, seconds, traced=args.tracemalloc)
                     results[n][variant.name] = figures
                     print(f"  {figures}", flush=True)
+                    top = list(figures.census.items())[:15]
+                    print("  tracked: " + ", ".join(f"{k} {v:,}" for k, v in top), flush=True)
     print("\n".join(table(results, variants)))
     write(results, variants, command.strip(), args.pool_size, render)
     print(f"wrote {OUT}")
