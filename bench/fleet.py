@@ -261,6 +261,16 @@ def gc_figures(proc: subprocess.Popen[bytes], report: Path, figures: Figures) ->
     figures.gc_seconds = sum(seconds for _, seconds, _ in data["collections"])
     figures.tracked = data["tracked"]
     figures.census = data["by_type"]
+    for generation in range(3):
+        runs = [(s, c) for g, s, c in data["collections"] if g == generation]
+        longest = max((s for s, _ in runs), default=0) * 1000
+        print(
+            f"  generation {generation}: {len(runs)} collections,"
+            f" {sum(s for s, _ in runs):.2f} s, longest {longest:.0f} ms,"
+            f" {sum(c for _, c in runs):,} objects collected",
+            flush=True,
+        )
+    print(f"  frozen {data['frozen']:,}, thresholds {data['threshold']}", flush=True)
     held = list(data["held_by_type"].items())[:12]
     print("  held (KiB): " + ", ".join(f"{k} {v / 1024:,.0f}" for k, v in held), flush=True)
     if "allocated_total" in data:
@@ -315,12 +325,19 @@ def table(results: dict[int, dict[str, Figures]], variants: list[Variant]) -> li
     return lines
 
 
+def baseline_text(ref: str) -> str:
+    if ref == BASELINE:
+        return f"the exporter at the commit before runs were spread over each interval ({ref[:7]})"
+    return f"the exporter at commit {ref[:7]}"
+
+
 def write(
     results: dict[int, dict[str, Figures]],
     variants: list[Variant],
     command: str,
     pool_size: int,
     render: tuple[float, float],
+    baseline: str,
 ) -> None:
     cpu = next(
         line.split(":", 1)[1].strip()
@@ -340,8 +357,10 @@ def write(
         " targets file naming"
         " that database N times through the pooler. CPU: the exporter process's share of"
         " one core. Connections: its own to the pooler. /probe: a random target's page every"
-        " 20 ms, from start to end. Baseline: the exporter at the commit before runs were"
-        f" spread over each interval ({BASELINE[:7]}), measured in the same run; the ratio is"
+        " 20 ms, from start to end. Full GCs: the collector's generation-2 passes over the"
+        " whole run and the longest (the event loop stands still meanwhile), timed in the"
+        " process by bench/gcwatch.py; GC-tracked objects: what such a pass walks, counted at"
+        f" the end. Baseline: {baseline_text(baseline)}, measured in the same run; the ratio is"
         " steady-state CPU against it.",
         "",
         *table(results, variants),
@@ -431,7 +450,7 @@ def main() -> int:
                     top = list(figures.census.items())[:15]
                     print("  tracked: " + ", ".join(f"{k} {v:,}" for k, v in top), flush=True)
     print("\n".join(table(results, variants)))
-    write(results, variants, command.strip(), args.pool_size, render)
+    write(results, variants, command.strip(), args.pool_size, render, args.baseline)
     print(f"wrote {OUT}")
     return 0
 
