@@ -41,7 +41,7 @@ from exporter.config import Config, load_config  # noqa: E402
 from exporter.db import bounded  # noqa: E402
 from exporter.demo.cluster import Cluster, free_port  # noqa: E402
 from exporter.demo.database import EXPORTER_ROLE, create_cms_database, sql_file  # noqa: E402
-from exporter.scheduler import run_query  # noqa: E402
+from exporter.runner import run_query  # noqa: E402
 from exporter.settings import SHIPPED_QUERIES, Settings, load_settings  # noqa: E402
 from exporter.targets import load_targets  # noqa: E402
 from tests.harness import (  # noqa: E402
@@ -111,7 +111,7 @@ def reports_queries(expected: int) -> Callable[[bytes], bool]:
 async def run_each(settings: Settings, config: Config, runs: int) -> None:
     """Every enabled query `runs` times, one after the other, as the exporter role."""
     (target,) = load_targets(settings)
-    async with target.open_database() as db:
+    async with target.database.open() as db:
         for _ in range(runs):
             for query in config.enabled:
                 await run_query(db, query, target.params, settings.max_series_per_query)

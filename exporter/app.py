@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
-import ctypes.util
 import gc
 import signal
 import sys
@@ -22,21 +20,13 @@ from collections.abc import Callable, Sequence
 from functools import partial
 from typing import TextIO
 
+from exporter.allocator import malloc_trim
 from exporter.config import Config, load_config
 from exporter.errors import ConfigError, QueryError
 from exporter.http import HttpServer
 from exporter.logs import Redactor, get_logger
-from exporter.scheduler import (
-    Budgeted,
-    LogBudget,
-    Pinger,
-    Scheduler,
-    Slot,
-    ping,
-    reachable,
-    record,
-    run_query,
-)
+from exporter.runner import ping, reachable, run_query
+from exporter.scheduler import Budgeted, LogBudget, Pinger, Scheduler, Slot, log_events
 from exporter.settings import Settings
 from exporter.snapshot import Outcome, Skipped, SystemClock, Values
 from exporter.statuspage import StatusPage
@@ -45,8 +35,6 @@ from exporter.targets import Target
 from exporter.webconfig import WebConfig
 
 PROCESS_METRICS_REFRESH_SECONDS = 5.0
-STATUS_PAGE_SECONDS = 1.0  # the status page is re-rendered at most this often
-STATUS_PAGE_SECONDS_PER_TARGET = 0.02  # ... or this times the targets, if longer
 NO_SECRETS = Redactor()
 
 
@@ -72,27 +60,23 @@ class Daemon:
         self.stores = {t.name: TargetStore(config) for t in self.targets}
         self.schedulers: dict[str, Scheduler] = {}
         links = [("Metrics", "/metrics")]
-        links += [(f"Target {t.name}", f"/probe?target={t.name}") for t in self.targets if t.probed]
+        links += [
+            (f"Target {t.name}", f"/probe?target={t.name}")
+            for t in self.targets
+            if t.in_targets_file
+        ]
         links += [("Liveness", "/healthz"), ("Readiness", "/readyz")]
         self.status = StatusPage(
-            [(t.name if t.probed else "", self.stores[t.name]) for t in self.targets],
+            [(t.name if t.in_targets_file else "", self.stores[t.name]) for t in self.targets],
             links,
             clock=time.time,
         )
-        # Its "… ago" ages are the render's: refresh them with the process metrics (5 s).
-        self.exporter_store.on_render(self.status.render)
-        # A page for people, of every target: with hundreds of targets, runs end many times a
-        # second, and rendering it after each was a tenth of the process's CPU. Its cost grows
-        # with the targets, so the time between renders does too (a second up to 50 targets).
-        self.status.render.at_most_every(
-            max(STATUS_PAGE_SECONDS, STATUS_PAGE_SECONDS_PER_TARGET * len(self.targets))
-        )
-        # ... and in a worker thread: 300 targets' page took 0.2 s, and /probe waited for it.
-        self.status.render.in_worker_thread()
 
     def routes(self) -> tuple[Store, dict[str, Store]]:
         """The page at /metrics, and the pages at /probe?target=NAME."""
-        probes: dict[str, Store] = {t.name: self.stores[t.name] for t in self.targets if t.probed}
+        probes: dict[str, Store] = {
+            t.name: self.stores[t.name] for t in self.targets if t.in_targets_file
+        }
         if probes:
             return self.exporter_store, probes
         return Joined([*self.stores.values(), self.exporter_store]), {}
@@ -118,7 +102,7 @@ class Daemon:
         return all(store.database_up for store in self.stores.values())
 
     async def _refresh_process_metrics(self) -> None:
-        trim = _malloc_trim()
+        trim = malloc_trim()
         while True:
             await asyncio.sleep(PROCESS_METRICS_REFRESH_SECONDS)
             self.exporter_store.render()
@@ -137,7 +121,7 @@ class Daemon:
         metrics, probes = self.routes()
         async with contextlib.AsyncExitStack() as stack:
             databases = {
-                t.name: await stack.enter_async_context(t.open_database()) for t in self.targets
+                t.name: await stack.enter_async_context(t.database.open()) for t in self.targets
             }
             http = HttpServer(
                 metrics,
@@ -158,12 +142,12 @@ class Daemon:
                 ranks = {name: i for i, name in enumerate(sorted(self.stores))}
                 async with asyncio.TaskGroup() as group:
                     refresher = group.create_task(self._refresh_process_metrics())
+                    group.create_task(self.status.run(self.stop))
                     for target in self.targets:
                         db = databases[target.name]
-                        s = target.settings
                         store = self.stores[target.name]
                         log = Budgeted(
-                            get_logger(target=target.name) if target.probed else self.log,
+                            get_logger(target=target.name) if target.in_targets_file else self.log,
                             self.log_budget,
                         )
                         slot = Slot(ranks[target.name], len(self.targets))
@@ -171,8 +155,8 @@ class Daemon:
                             db,
                             store,
                             log,
-                            interval=s.ping_interval,
-                            timeout=min(s.connect_timeout, s.ping_interval),
+                            interval=target.ping_interval,
+                            timeout=min(target.database.connect_timeout, target.ping_interval),
                             slot=slot,
                         )
                         scheduler = Scheduler(
@@ -182,7 +166,7 @@ class Daemon:
                                 run_query,
                                 db,
                                 params=target.params,
-                                max_series=s.max_series_per_query,
+                                max_series=target.max_series_per_query,
                             ),
                             slot=slot,
                             on_connection_error=pinger.ping_now,
@@ -206,27 +190,18 @@ class Daemon:
         self.stop.set()
 
 
-def _malloc_trim() -> Callable[[], object] | None:
-    """glibc's malloc_trim(0), where there is one."""
-    with contextlib.suppress(OSError, AttributeError):
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        trim = libc.malloc_trim
-        return lambda: trim(0)
-    return None
-
-
 async def run_all(target: Target, config: Config) -> tuple[QueryError | None, list[Outcome]]:
     """Ping, then every enabled query once, concurrently within the pool; the ping's error if
     the database cannot be reached (and then no query runs: each would say the same)."""
-    s = target.settings
     # Every query at once, not spread as the daemon's are: two connections, as before one
     # connection per target was the default, so that none waits out its deadline in a queue.
-    async with target.open_database(at_least=2) as db:
-        error = await ping(db, s.connect_timeout)
+    async with target.database.open(at_least=2) as db:
+        error = await ping(db, target.database.connect_timeout)
         if not reachable(error):
             return error, []
+        cap = target.max_series_per_query
         outcomes = await asyncio.gather(
-            *(run_query(db, q, target.params, s.max_series_per_query) for q in config.enabled)
+            *(run_query(db, q, target.params, cap) for q in config.enabled)
         )
     return None, list(outcomes)
 
@@ -234,7 +209,7 @@ async def run_all(target: Target, config: Config) -> tuple[QueryError | None, li
 def unreachable_line(target: Target, error: QueryError) -> str:
     """One line for a database that cannot be reached, with the way out of the usual mistake."""
     line = f"cannot connect: {error.message}"
-    if "database_url" not in target.settings.model_fields_set:
+    if target.database.url_is_default:
         line += " (no DATABASE_URL set, so the default; set DATABASE_URL or --database-url)"
     return line
 
@@ -248,7 +223,7 @@ def once(target: Target, config: Config, out: TextIO = sys.stdout) -> int:
     if error is not None:
         log.error("database_unreachable", error=unreachable_line(target, error))
     for outcome in outcomes:
-        record(store, outcome, now, log.bind(query=outcome.query.name))
+        log_events(log.bind(query=outcome.query.name), store.apply(outcome, now) or [])
     failed = any(o.error is not None for o in outcomes)
     page = Joined([store, ExporterStore()]).page
     out.write(page.text.decode())
@@ -265,7 +240,7 @@ def check(
 ) -> int:
     """Report the validated config; with `connect`, run each query once and report each."""
     enabled = config.enabled
-    title = f", target {target.name}" if target.probed else ""
+    title = f", target {target.name}" if target.in_targets_file else ""
     out.write(
         f"{config.path}: ok, {len(enabled)} queries enabled"
         f" ({len(config.queries) - len(enabled)} disabled){title}\n"

@@ -1,4 +1,6 @@
-"""The command line: `run` (default), `once`, `check [--connect]`, `--version`; exit codes."""
+"""The command line: `run` (the default: the daemon), `once`, `check [--connect]`, `triage`,
+`healthcheck`, `demo`, `--version`; settings from flags over the environment over `.env`, and
+the exit codes (0 ok, 1 failed, 2 configuration; `triage` has its own, see its --help)."""
 
 from __future__ import annotations
 
@@ -119,7 +121,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         settings = _settings(args)
         redact = logs.Redactor(settings.secrets())  # for an error in the targets file
-        settings.database_password()  # an unreadable password file is a config error, now
         targets = load_targets(settings)
         redact = logs.Redactor(secrets_of(targets))  # every target's passwords, not only ours
         logs.configure(settings.log_level, settings.log_format, redact)
@@ -186,9 +187,9 @@ def _pick(targets: list[Target], name: str | None, command: str = "once") -> Tar
     if name is None and len(targets) == 1:
         return targets[0]
     for target in targets:
-        if target.name == name and target.probed:
+        if target.name == name and target.in_targets_file:
             return target
-    names = ", ".join(t.name for t in targets if t.probed) or "(none: no targets file)"
+    names = ", ".join(t.name for t in targets if t.in_targets_file) or "(none: no targets file)"
     raise ConfigError(f"{command}: --target names one of the targets file's targets: {names}")
 
 

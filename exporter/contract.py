@@ -15,6 +15,7 @@ caught by the `functions` query, and is not a need.
 
 from __future__ import annotations
 
+import enum
 import re
 import time
 import weakref
@@ -33,17 +34,34 @@ ROLE_SCRIPT_SCHEMA = "homepage_exporter."
 CACHE_SECONDS = 60.0  # a reconnect or a migration is seen within a minute
 
 
+class Kind(enum.StrEnum):
+    """What a query may require of the server."""
+
+    EXTENSION = "extension"
+    SERVER_VERSION = "server_version"
+    RELATION = "relation"
+    COLUMN = "column"
+    FUNCTION = "function"
+
+    @property
+    def is_deployment_mistake(self) -> bool:
+        """An object of the schema contract, missing: fixed by whoever deploys (a migration,
+        the role script, a vocabulary setting). A missing extension or an older server is
+        the server's choice."""
+        return self in (Kind.RELATION, Kind.COLUMN, Kind.FUNCTION)
+
+
 @dataclass(frozen=True, slots=True)
 class Requirement:
     """Something the server must have for a query to run: an extension, a version, or an object
     of the schema contract (a relation, a column, a function; exporter/contract.py)."""
 
-    kind: str  # "extension", "server_version", "relation", "column" or "function"
+    kind: Kind
     value: str
     hint: str = ""  # what creates it, when that is ours to say (exporter_role.sql)
 
     def __str__(self) -> str:
-        if self.kind == "server_version":
+        if self.kind is Kind.SERVER_VERSION:
             return f"server_version>={self.value}"
         return f"{self.kind}:{self.value}"
 
@@ -52,7 +70,7 @@ class Requirement:
         """One line for a person: what is missing, and what to run."""
         if self.hint:
             return f"{self} (run exporter/sql/{self.hint}, or run it again)"
-        if self.kind in ("relation", "column", "function"):
+        if self.kind.is_deployment_mistake:
             return f"{self} (the CMS schema lacks it: see the README's vocabulary settings)"
         return str(self)
 
@@ -61,12 +79,12 @@ class Requirement:
 class Need:
     """One object a query reads: a relation (with the columns it uses) or a function."""
 
-    kind: str  # "relation" or "function"
+    kind: Kind  # RELATION or FUNCTION
     name: str  # schema-qualified
     columns: tuple[str, ...] = ()
 
     def __str__(self) -> str:
-        if self.kind == "function":
+        if self.kind is Kind.FUNCTION:
             return f"function {self.name}"
         return self.name + (f"({', '.join(self.columns)})" if self.columns else "")
 
@@ -76,7 +94,7 @@ def parse_need(text: str) -> Need:
     line = " ".join(text.split())
     if match := _FUNCTION.match(line):
         sig = match["sig"].replace(" (", "(")
-        return Need("function", sig if "." in sig.split("(")[0] else f"public.{sig}")
+        return Need(Kind.FUNCTION, sig if "." in sig.split("(")[0] else f"public.{sig}")
     if line == "function" or line.startswith("function "):
         raise ValueError(f"{FORMS}, got {text!r}")
     if match := _RELATION.match(line):
@@ -87,20 +105,20 @@ def parse_need(text: str) -> Need:
         for col in cols:
             if not re.fullmatch(_IDENT, col):
                 raise ValueError(f"{FORMS}, got {text!r} ({col!r} is not a column name)")
-        return Need("relation", name, cols)
+        return Need(Kind.RELATION, name, cols)
     raise ValueError(f"{FORMS}, got {text!r}")
 
 
 def requirement(need: Need, column: str | None) -> Requirement:
     """What `query_skipped{requirement}` says: the missing object, and for the role script's
     objects that the script has not run (or predates them)."""
-    if need.kind == "function":
+    if need.kind is Kind.FUNCTION:
         value = need.name
     elif column is not None:
         value = f"{need.name}.{column}"
     else:
         value = need.name
-    kind = need.kind if column is None else "column"
+    kind = need.kind if column is None else Kind.COLUMN
     hint = "exporter_role.sql" if need.name.startswith(ROLE_SCRIPT_SCHEMA) else ""
     return Requirement(kind, value, hint)
 
@@ -143,12 +161,12 @@ async def first_missing(
     columns: list[str | None] = []
     owners: list[tuple[Need, str | None]] = []
     for need in needs:
-        kinds.append(need.kind)
+        kinds.append(need.kind.value)
         names.append(need.name)
         columns.append(None)
         owners.append((need, None))
         for column in need.columns:
-            kinds.append("column")
+            kinds.append(Kind.COLUMN.value)
             names.append(need.name)
             columns.append(column)
             owners.append((need, column))

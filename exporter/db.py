@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Self
@@ -88,13 +88,24 @@ class ServerInfo:
 class Database:
     """An asyncpg pool that runs every query inside a read-only transaction (and only the
     constant `SELECT 1` of a ping outside one), opening connections when runs need them and
-    closing those unused for `idle_close` seconds."""
+    closing those unused for `idle_close` seconds.
+
+    After an outage: `connection_lost()` when the server could not be reached, then
+    `reconnected()` once it answers again, which expires the connections from before (they may
+    point at a dead server process) and runs the `on_reconnect` hooks of whatever cached facts
+    about the old server (its version and extensions here, the schema contract's catalog
+    answers): the server that came back may be another one.
+
+    `password`, when the URL's own is not the one, is a callable asked on every new connection
+    (asyncpg calls it per connect): a rotated password file is read when it is needed, and
+    not on every run.
+    """
 
     def __init__(
         self,
         url: str,
         *,
-        password: str | None,
+        password: Callable[[], str] | None,
         pool_size: int,
         statement_cache_size: int,
         connect_timeout: float,
@@ -109,6 +120,8 @@ class Database:
         self._pool: asyncpg.Pool | None = None
         self._info: ServerInfo | None = None
         self._info_at = 0.0
+        self._lost = False
+        self._hooks: list[Callable[[], None]] = []
         self.target = describe_target(url)
 
     def __repr__(self) -> str:
@@ -237,9 +250,24 @@ class Database:
         self._info_at = now
         return self._info
 
-    def forget_server_info(self) -> None:
-        """Drop the cached server facts (after a reconnect the server may be another one)."""
+    def on_reconnect(self, hook: Callable[[], None]) -> None:
+        """Call `hook` whenever the server answers again after a lost connection."""
+        self._hooks.append(hook)
+
+    def connection_lost(self) -> None:
+        """The server could not be reached: what we know of it no longer holds."""
+        self._lost = True
         self._info = None
+
+    async def reconnected(self) -> None:
+        """The server answers: if it was lost, expire the connections from before the outage
+        and run the reconnect hooks (once per outage)."""
+        if not self._lost:
+            return
+        self._lost = False
+        await self.pool.expire_connections()
+        for hook in self._hooks:
+            hook()
 
 
 async def _keep_session(conn: asyncpg.Connection) -> None:

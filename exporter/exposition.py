@@ -7,6 +7,7 @@ fragments plus the exporter's own metrics, assembled once per change. Scrapes on
 
 from __future__ import annotations
 
+import enum
 import functools
 import gzip
 from collections.abc import Iterable, Iterator, Sequence
@@ -25,6 +26,24 @@ from exporter.schema import MetricType
 TEXT_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 OPENMETRICS_CONTENT_TYPE = "application/openmetrics-text; version=1.0.0; charset=utf-8"
 _EOF = b"# EOF\n"
+
+
+class Format(enum.Enum):
+    """What a client is served: the classic text format or OpenMetrics."""
+
+    TEXT = TEXT_CONTENT_TYPE
+    OPENMETRICS = OPENMETRICS_CONTENT_TYPE
+
+    @property
+    def content_type(self) -> str:
+        return self.value
+
+
+class Encoding(enum.Enum):
+    """How the body travels: as it is, or gzipped."""
+
+    IDENTITY = "identity"
+    GZIP = "gzip"
 
 
 class _Families:
@@ -74,32 +93,33 @@ EMPTY = Fragment(b"", b"")
 
 @dataclass(slots=True)
 class Page:
-    """One assembled exposition, with gzip variants made at most once, on first request."""
+    """One assembled exposition. A format's gzip body is made at most once: on its first
+    request, or, for a format already asked for gzipped on the page this one replaces, when
+    the page is assembled (so no later scrape pays for compression)."""
 
     text: bytes
     openmetrics: bytes
-    _gzipped: dict[bool, bytes] = field(default_factory=dict)
+    _gzipped: dict[Format, bytes] = field(default_factory=dict)
 
     @classmethod
-    def assemble(cls, fragments: Iterable[Fragment]) -> Page:
+    def assemble(cls, fragments: Iterable[Fragment], *, replacing: Page | None = None) -> Page:
         parts = list(fragments)
-        return cls(
+        page = cls(
             text=b"".join(f.text for f in parts),
             openmetrics=b"".join(f.openmetrics for f in parts) + _EOF,
         )
+        for fmt in replacing._gzipped if replacing is not None else ():
+            page.body(fmt, Encoding.GZIP)
+        return page
 
-    def compressed(self) -> set[bool]:
-        """The formats (OpenMetrics?) whose gzip body is already made."""
-        return set(self._gzipped)
-
-    def body(self, *, openmetrics: bool, gzipped: bool) -> bytes:
-        raw = self.openmetrics if openmetrics else self.text
-        if not gzipped:
+    def body(self, fmt: Format, encoding: Encoding = Encoding.IDENTITY) -> bytes:
+        raw = self.openmetrics if fmt is Format.OPENMETRICS else self.text
+        if encoding is Encoding.IDENTITY:
             return raw
-        cached = self._gzipped.get(openmetrics)
+        cached = self._gzipped.get(fmt)
         if cached is None:
             # Level 1: an order of magnitude cheaper than 9 for a few percent more bytes.
-            cached = self._gzipped[openmetrics] = gzip.compress(raw, compresslevel=1, mtime=0)
+            cached = self._gzipped[fmt] = gzip.compress(raw, compresslevel=1, mtime=0)
         return cached
 
 
@@ -123,13 +143,16 @@ def _qvalues(header: str) -> dict[str, float]:
 
 # Prometheus sends the same Accept and Accept-Encoding on every scrape: parse each text once.
 @functools.lru_cache(maxsize=64)
-def wants_openmetrics(accept: str) -> bool:
-    """True when the client lists OpenMetrics at a q-value at least that of any other type."""
+def negotiate(accept: str) -> Format:
+    """OpenMetrics when the client lists it at a q-value at least that of any other type
+    (a tie goes to OpenMetrics: the client named it), else the text format."""
     weights = _qvalues(accept)
     om = weights.pop("application/openmetrics-text", 0.0)
-    return om > 0 and om >= max(weights.values(), default=0.0)
+    if om > 0 and om >= max(weights.values(), default=0.0):
+        return Format.OPENMETRICS
+    return Format.TEXT
 
 
 @functools.lru_cache(maxsize=64)
-def accepts_gzip(accept_encoding: str) -> bool:
-    return _qvalues(accept_encoding).get("gzip", 0.0) > 0
+def negotiate_encoding(accept_encoding: str) -> Encoding:
+    return Encoding.GZIP if _qvalues(accept_encoding).get("gzip", 0.0) > 0 else Encoding.IDENTITY

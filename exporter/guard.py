@@ -28,8 +28,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
-import ctypes.util
 import enum
 import re
 import resource
@@ -38,6 +36,8 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 from typing import cast
+
+from exporter.allocator import malloc_trim
 
 MAX_HEAD_BYTES = 16 * 1024
 HEAD_TIMEOUT_SECONDS = 10.0  # a request head must be complete this long after it started
@@ -78,17 +78,7 @@ def connection_limit() -> int:
     return max(16, min(MAX_CONNECTIONS, raise_file_limit() - FILES_RESERVED))
 
 
-def _malloc_trim() -> Callable[[], object] | None:
-    """glibc's malloc_trim(0), where there is one."""
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        trim = libc.malloc_trim
-    except (OSError, AttributeError):
-        return None
-    return lambda: trim(0)
-
-
-class ConnectionPool:
+class Connections:
     """Open connections and those holding a TLS session, oldest first, each group capped.
 
     When a group is full, the oldest connection still waiting (for its handshake or its
@@ -108,7 +98,7 @@ class ConnectionPool:
         self._open: OrderedDict[Guard, None] = OrderedDict()
         self._tls: OrderedDict[Guard, None] = OrderedDict()
         self._high = 0
-        self._trim = _malloc_trim()
+        self._trim = malloc_trim()
         self._trim_pending: asyncio.TimerHandle | None = None
 
     def __len__(self) -> int:
@@ -191,17 +181,17 @@ def _feed(protocol: asyncio.BaseProtocol, data: bytes) -> None:
 
 
 class Guard(asyncio.Protocol):
-    """One connection: admitted into the pool at the accept, its TLS handshake and each
+    """One connection: admitted into `Connections` at the accept, its TLS handshake and each
     request head on a deadline, then handed to the inner (aiohttp's) protocol."""
 
     __slots__ = (
         "_accepted",
+        "_connections",
         "_early",
         "_handshake",
         "_head",
         "_inner",
         "_make_inner",
-        "_pool",
         "_raw",
         "_tls",
         "_transport",
@@ -212,12 +202,12 @@ class Guard(asyncio.Protocol):
     def __init__(
         self,
         make_inner: Callable[[], asyncio.Protocol],
-        pool: ConnectionPool,
+        connections: Connections,
         tls: ssl.SSLContext | None = None,
     ) -> None:
         self._make_inner = make_inner
         self._inner: asyncio.Protocol | None = None  # made once the connection is OPEN
-        self._pool = pool
+        self._connections = connections
         self._tls = tls
         self._raw: asyncio.Transport | None = None  # the TCP transport, for abort
         self._transport: asyncio.Transport | None = None  # what HTTP reads and writes
@@ -232,7 +222,7 @@ class Guard(asyncio.Protocol):
 
     @property
     def waiting(self) -> bool:
-        """Not yet doing anything for anyone: first to go when the pool is full."""
+        """Not yet doing anything for anyone: first to go when the connections are at their cap."""
         return self.stage is not Stage.OPEN or self.head_since is not None
 
     def overdue(self, now: float) -> bool:
@@ -244,7 +234,7 @@ class Guard(asyncio.Protocol):
         # uvloop's transports implement asyncio.Transport without subclassing it.
         self._raw = cast(asyncio.Transport, transport)
         self._accepted = self.head_since = time.monotonic()
-        self._pool.admit(self)
+        self._connections.admit(self)
         if self._tls is None:
             self._open(self._raw)
         # With TLS the connection stays SILENT until its first bytes (data_received): reading
@@ -256,7 +246,7 @@ class Guard(asyncio.Protocol):
             return
         raw.pause_reading()  # what follows is TLS's to read
         self.stage = Stage.HANDSHAKE
-        self._pool.admit_tls(self)
+        self._connections.admit_tls(self)
         loop = asyncio.get_running_loop()
         self._handshake = loop.create_task(self._handshake_tls(raw, tls))
         # start_tls (the task's first step, on the next turn) installs the TLS protocol on the
@@ -289,7 +279,7 @@ class Guard(asyncio.Protocol):
         # A connection aborted during its handshake (evicted, overdue, gone) ends start_tls
         # without an error, and the TLS protocol tells its app protocol nothing of it.
         if transport is None or transport.is_closing() or raw.is_closing():
-            self._pool.release(self)
+            self._connections.release(self)
             raw.abort()
             return
         self.stage = Stage.OPEN
@@ -378,7 +368,7 @@ class Guard(asyncio.Protocol):
             self._transport.resume_reading()
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._pool.release(self)
+        self._connections.release(self)
         self._raw = self._transport = None
         inner, self._inner = self._inner, None
         if inner is not None:

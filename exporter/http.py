@@ -3,7 +3,8 @@
 aiohttp (its llhttp parser) reads requests and rejects malformed ones; `exporter.guard` sits
 in front of it for plain HTTP and TLS alike (connection cap, handshake and head deadlines,
 head size, write flow control); `exporter.exposition` picks the format and encoding a client
-asked for. The handlers only hand out bytes that already exist (`Page.body`).
+asked for. The handlers only hand out bytes that already exist (`Page.body`, the status page's
+`body`) and write nothing anywhere: no request renders a page or changes a store.
 """
 
 from __future__ import annotations
@@ -20,13 +21,8 @@ from aiohttp import web
 
 from exporter import __version__
 from exporter.errors import ConfigError
-from exporter.exposition import (
-    OPENMETRICS_CONTENT_TYPE,
-    TEXT_CONTENT_TYPE,
-    accepts_gzip,
-    wants_openmetrics,
-)
-from exporter.guard import MAX_HEAD_BYTES, ConnectionPool, Guard, connection_limit
+from exporter.exposition import Encoding, Format, negotiate, negotiate_encoding
+from exporter.guard import MAX_HEAD_BYTES, Connections, Guard, connection_limit
 from exporter.settings import ListenAddress
 from exporter.statuspage import StatusPage
 from exporter.store import Store
@@ -74,17 +70,17 @@ class HttpServer:
         self._server: web.Server | None = None
         self._sweeper: asyncio.Task[None] | None = None
         self._servers: list[asyncio.Server] = []
-        # The page's response headers, per (OpenMetrics?, gzip?), built once.
+        # The page's response headers, per format and encoding, built once.
         self._page_headers = {
-            (om, gz): {
-                "Content-Type": OPENMETRICS_CONTENT_TYPE if om else TEXT_CONTENT_TYPE,
+            (fmt, encoding): {
+                "Content-Type": fmt.content_type,
                 "Vary": "Accept, Accept-Encoding",
-                **({"Content-Encoding": "gzip"} if gz else {}),
+                **({"Content-Encoding": "gzip"} if encoding is Encoding.GZIP else {}),
                 "Server": SERVER,
                 **self._web.headers,
             }
-            for om in (False, True)
-            for gz in (False, True)
+            for fmt in Format
+            for encoding in Encoding
         }
         self._routes: dict[str, Callable[[web.BaseRequest], web.Response]] = {
             "/metrics": self._metrics,
@@ -94,7 +90,7 @@ class HttpServer:
             "/": self._landing,
         }
         self._bcrypt = asyncio.Semaphore(BCRYPT_CONCURRENCY)
-        self.pool = ConnectionPool(connection_limit())
+        self.connections = Connections(connection_limit())
         self.bound: list[str] = []
 
     # --- handlers -------------------------------------------------------------------------
@@ -134,12 +130,10 @@ class HttpServer:
 
     def _page(self, request: web.BaseRequest, store: Store) -> web.Response:
         headers = request.headers
-        om = wants_openmetrics(headers.get("Accept", ""))
-        gz = accepts_gzip(headers.get("Accept-Encoding", ""))
-        if gz and om not in store.gzip_wanted:
-            store.want_gzip(om)  # later renders compress this format ahead of the scrapes
-        body = store.page.body(openmetrics=om, gzipped=gz)
-        return web.Response(body=body, headers=self._page_headers[om, gz])
+        fmt = negotiate(headers.get("Accept", ""))
+        encoding = negotiate_encoding(headers.get("Accept-Encoding", ""))
+        body = store.page.body(fmt, encoding)
+        return web.Response(body=body, headers=self._page_headers[fmt, encoding])
 
     def _metrics(self, request: web.BaseRequest) -> web.Response:
         return self._page(request, self._store)
@@ -188,7 +182,7 @@ class HttpServer:
             # not the loop's: the loop would hold a TLS session for every silent socket.
             tls = self._web.ssl_context
             listener = await loop.create_server(
-                lambda: Guard(server, self.pool, tls),
+                lambda: Guard(server, self.connections, tls),
                 host,
                 self._listen.port,
                 reuse_address=True,
@@ -198,7 +192,7 @@ class HttpServer:
             raise ConfigError(_bind_error(self._listen, exc)) from None
         self._server = server
         self._servers.append(listener)
-        self._sweeper = loop.create_task(self.pool.sweep_forever())
+        self._sweeper = loop.create_task(self.connections.sweep_forever())
         self.bound = [_format_address(s.getsockname()) for s in listener.sockets]
         return self
 
@@ -216,7 +210,7 @@ class HttpServer:
         server, self._server = self._server, None
         if server is not None:
             await server.shutdown(SHUTDOWN_TIMEOUT_SECONDS)
-        self.pool.close_all()
+        self.connections.close_all()
         for listener in self._servers:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(listener.wait_closed(), SHUTDOWN_TIMEOUT_SECONDS)

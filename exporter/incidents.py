@@ -46,6 +46,17 @@ class Priority(IntEnum):
         return "info" if self is Priority.NONE else self.name
 
 
+class RunbookPath(StrEnum):
+    """The runbook's resolution path under a priority (P1 path A, ...); NONE where it names
+    none."""
+
+    NONE = ""
+    A = "A"
+    B = "B"
+    C = "C"
+    D = "D"
+
+
 class Severity(StrEnum):
     """What Alertmanager does with the alert: a ticket, or a page."""
 
@@ -147,7 +158,7 @@ class Incident:
     alert: str
     severity: Severity
     priority: Priority
-    path: str  # the runbook's resolution path under its priority: "A", "B", "C" or ""
+    path: RunbookPath  # the runbook's resolution path under its priority
     group: str  # the rules file's group
     when: Signal
     summary: str
@@ -275,7 +286,7 @@ def _tiered(
     key: str,
     metric: str,
     priority: Priority,
-    path: str,
+    path: RunbookPath,
     group: str,
     for_: tuple[str, str],
     summary: str,
@@ -325,7 +336,7 @@ def incidents(cms_cron_job: str, cms_cron_owner: str) -> list[Incident]:
             "HomepageNoLiveSections",
             C,
             Priority.P1,
-            "A",
+            RunbookPath.A,
             "homepage",
             Signal("homepage_sections_live", Op.EQ, 0),
             "The homepage has no live sections.",
@@ -340,7 +351,7 @@ def incidents(cms_cron_job: str, cms_cron_owner: str) -> list[Incident]:
             "HomepageInvisibleToPublic",
             C,
             Priority.P1,
-            "B",
+            RunbookPath.B,
             "homepage",
             Signal("homepage_sections_visible_to_anon", Op.EQ, 0),
             "Row level security hides the homepage from the public.",
@@ -355,7 +366,7 @@ def incidents(cms_cron_job: str, cms_cron_owner: str) -> list[Incident]:
             "HomepageContentHidden",
             C,
             Priority.P1,
-            "B",
+            RunbookPath.B,
             "homepage",
             Signal("homepage_render_sections_without_content", Op.GT, 0),
             "The public receives homepage sections without their content.",
@@ -371,7 +382,7 @@ def incidents(cms_cron_job: str, cms_cron_owner: str) -> list[Incident]:
                 "HomepageCatalogHidden",
                 C,
                 Priority.P1,
-                "B",
+                RunbookPath.B,
                 "homepage",
                 Signal(f"homepage_render_{relation}_missing", Op.GT, 0),
                 "The public receives homepage sections without their products or categories.",
@@ -390,7 +401,7 @@ def incidents(cms_cron_job: str, cms_cron_owner: str) -> list[Incident]:
             "HomepageRenderEmpty",
             C,
             Priority.P1,
-            "C",
+            RunbookPath.C,
             "homepage",
             Signal("homepage_render_sections", Op.EQ, 0),
             "get_homepage_content() returns no sections while sections are live.",
@@ -407,7 +418,7 @@ def incidents(cms_cron_job: str, cms_cron_owner: str) -> list[Incident]:
             "HomepageRenderFailing",
             C,
             Priority.P1,
-            "C",
+            RunbookPath.C,
             "homepage",
             Signal(QUERY_UP, Op.EQ, 0, match=(("query", RENDER),)),
             "get_homepage_content() fails.",
@@ -420,7 +431,7 @@ def incidents(cms_cron_job: str, cms_cron_owner: str) -> list[Incident]:
             "HomepageFunctionMissing",
             C,
             Priority.P1,
-            "C",
+            RunbookPath.C,
             "homepage",
             Signal(
                 "homepage_cms_function_present",
@@ -438,7 +449,7 @@ def incidents(cms_cron_job: str, cms_cron_owner: str) -> list[Incident]:
             "HomepageTableRLSDisabled",
             C,
             Priority.P1,
-            "",
+            RunbookPath.NONE,
             "homepage",
             Signal("homepage_cms_table_rls_enabled", Op.EQ, 0),
             "Row level security is off on a CMS table.",
@@ -452,7 +463,7 @@ def incidents(cms_cron_job: str, cms_cron_owner: str) -> list[Incident]:
             "HomepageFunctionMissing",
             C,
             Priority.P2,
-            "B",
+            RunbookPath.B,
             "homepage",
             Signal(
                 "homepage_cms_function_present",
@@ -471,7 +482,7 @@ def incidents(cms_cron_job: str, cms_cron_owner: str) -> list[Incident]:
             "publish_lag_minutes",
             "homepage_scheduled_publish_lag_minutes",
             Priority.P2,
-            "",
+            RunbookPath.NONE,
             "publishing",
             ("5m", "10m"),
             "Scheduled publishes are delayed.",
@@ -484,7 +495,7 @@ def incidents(cms_cron_job: str, cms_cron_owner: str) -> list[Incident]:
             "publish_failures_per_hour",
             "homepage_publish_failures_last_hour",
             Priority.P2,
-            "B",
+            RunbookPath.B,
             "publishing",
             ("10m", "10m"),
             "Scheduled publishes are failing.",
@@ -497,7 +508,7 @@ def incidents(cms_cron_job: str, cms_cron_owner: str) -> list[Incident]:
             "HomepageCronJobInactive",
             W,
             Priority.P2,
-            "A",
+            RunbookPath.A,
             "publishing",
             Signal("homepage_cron_job_active", Op.EQ, 0, match=job),
             "The CMS's pg_cron job is inactive or missing.",
@@ -510,7 +521,7 @@ def incidents(cms_cron_job: str, cms_cron_owner: str) -> list[Incident]:
             "HomepageCronJobFailed",
             W,
             Priority.P2,
-            "B",
+            RunbookPath.B,
             "publishing",
             Signal("homepage_cron_job_last_run_failure_info", Op.EQ, 1, match=job),
             "The last pg_cron run failed.",
@@ -522,7 +533,7 @@ def incidents(cms_cron_job: str, cms_cron_owner: str) -> list[Incident]:
             "HomepageCronJobSlow",
             W,
             Priority.P2,
-            "",
+            RunbookPath.NONE,
             "publishing",
             Signal(
                 "homepage_cron_job_last_run_duration_seconds",
@@ -539,7 +550,7 @@ def incidents(cms_cron_job: str, cms_cron_owner: str) -> list[Incident]:
             "HomepageCronJobNotRunning",
             W,
             Priority.P2,
-            "A",
+            RunbookPath.A,
             "publishing",
             Signal(
                 "homepage_cron_job_last_run_start_timestamp_seconds",
@@ -560,7 +571,7 @@ def incidents(cms_cron_job: str, cms_cron_owner: str) -> list[Incident]:
             "HomepagePublishFunctionNotSecurityDefiner",
             W,
             Priority.P2,
-            "C",
+            RunbookPath.C,
             "publishing",
             Signal(
                 "homepage_cms_function_security_definer",
@@ -580,7 +591,7 @@ def incidents(cms_cron_job: str, cms_cron_owner: str) -> list[Incident]:
             "render_seconds",
             "homepage_render_duration_seconds",
             Priority.P3,
-            "",
+            RunbookPath.NONE,
             "homepage",
             ("5m", "5m"),
             "Homepage rendering is slow.",
@@ -593,7 +604,7 @@ def incidents(cms_cron_job: str, cms_cron_owner: str) -> list[Incident]:
             "HomepageLongRunningQuery",
             W,
             Priority.P3,
-            "",
+            RunbookPath.NONE,
             "database",
             # pg_dump, VACUUM, ANALYZE and the weekly cleanup are maintenance: not counted.
             Signal("homepage_postgres_longest_cms_query_seconds", Op.GT, 300),
@@ -606,7 +617,7 @@ def incidents(cms_cron_job: str, cms_cron_owner: str) -> list[Incident]:
             "PostgresBlockedQueries",
             W,
             Priority.P3,
-            "",
+            RunbookPath.NONE,
             "database",
             Signal("homepage_postgres_blocked_queries", Op.GE, 1),
             "Sessions are waiting on locks.",
@@ -618,7 +629,7 @@ def incidents(cms_cron_job: str, cms_cron_owner: str) -> list[Incident]:
             "HomepageTableBloated",
             W,
             Priority.P3,
-            "A",
+            RunbookPath.A,
             "database",
             Signal("homepage_cms_table_dead_tuple_ratio", Op.GT, Threshold("dead_tuple_ratio")),
             "A CMS table is bloated.",
@@ -633,7 +644,7 @@ def incidents(cms_cron_job: str, cms_cron_owner: str) -> list[Incident]:
             "HomepageTableStatisticsStale",
             W,
             Priority.P3,
-            "B",
+            RunbookPath.B,
             "database",
             Signal(
                 "homepage_cms_table_last_analyzed_timestamp_seconds",
@@ -654,7 +665,7 @@ def incidents(cms_cron_job: str, cms_cron_owner: str) -> list[Incident]:
             "HomepageIndexMissing",
             W,
             Priority.P3,
-            "C",
+            RunbookPath.C,
             "database",
             Signal("homepage_cms_index_present", Op.EQ, 0),
             "An index the runbook expects is missing.",
@@ -666,7 +677,7 @@ def incidents(cms_cron_job: str, cms_cron_owner: str) -> list[Incident]:
             "HomepageIndexInvalid",
             W,
             Priority.P3,
-            "C",
+            RunbookPath.C,
             "database",
             Signal("homepage_cms_index_valid", Op.EQ, 0),
             "A CMS index is invalid.",

@@ -1,8 +1,8 @@
-"""Running queries: one run (shared by `run`, `once`, `check`), the per-query loops, the ping,
-and the per-process budget of log lines.
+"""When queries run: the per-query loops, the ping, and the per-process budget of log lines.
 
-The scheduler owns timing only. What a run means for the served state is `transition` (pure,
-in snapshot.py); whether the database is up is written by the ping alone.
+The scheduler owns timing only. How one query runs is `runner.run_query`; what a run means for
+the served state is `TargetStore.apply` (through the pure `transition`); whether the database
+is up is written by the Pinger alone.
 
 When each query runs: every target x query has a fixed phase within its interval (`phase`),
 so the runs of many targets are spread evenly over each interval instead of arriving together.
@@ -16,33 +16,18 @@ import asyncio
 import hashlib
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable
 from typing import NamedTuple, Protocol
 
 from exporter.config import Config, Query
-from exporter.contract import first_missing
-from exporter.db import Database, Result
-from exporter.errors import ErrorReason, QueryError
-from exporter.exposition import Fragment, to_client_families
-from exporter.mapping import map_rows
-from exporter.snapshot import (
-    Clock,
-    Instant,
-    Outcome,
-    Requirement,
-    Skipped,
-    SystemClock,
-    Values,
-    transition,
-)
+from exporter.db import Database
+from exporter.errors import ErrorReason
+from exporter.runner import ping, reachable
+from exporter.snapshot import Clock, Event, Outcome, Skipped, SystemClock
 from exporter.store import TargetStore
 
 # One target's first runs come within this; n targets' within n times it (at most an interval).
 FIRST_RUN_WINDOW_SECONDS = 0.25
-# Results with more rows than this are mapped and encoded in a worker thread (see run_query).
-INLINE_ROWS = 200
-# A query run once per locale may take this many of its timeouts in all, however many locales.
-EACH_BUDGET_TIMEOUTS = 3
 
 Runner = Callable[[Query], Awaitable[Outcome]]
 
@@ -57,118 +42,9 @@ class EventLog(Protocol):
     def error(self, event: str, **fields: object) -> None: ...
 
 
-def _map_and_encode(
-    query: Query, columns: Sequence[str], rows: Sequence[Sequence[object]], max_series: int
-) -> Values:
-    families = map_rows(query, columns, rows, max_series=max_series)
-    return Values(families, Fragment.encode(to_client_families(families, query.interval)))
-
-
-async def run_query(
-    db: Database, query: Query, params: Mapping[str, object], max_series: int
-) -> Outcome:
-    """Run a query once, read-only, and map its rows; never raises for database trouble.
-    `params`: the values a query may declare as positional parameters, by name."""
-    started = time.perf_counter()
-    try:
-        if query.requires or query.min_server_version:
-            info = await db.server_info(query.timeout)
-            missing = [e for e in query.requires if e not in info.extensions]
-            if missing:
-                return Outcome(query, 0.0, Skipped(Requirement("extension", missing[0])))
-            if query.min_server_version and info.major_version < query.min_server_version:
-                needed = Requirement("server_version", str(query.min_server_version))
-                return Outcome(query, 0.0, Skipped(needed))
-        # The schema contract: a column the CMS lacks, or the role script not run, is a skip
-        # naming it (a deployment mistake), not a failing query that pages as a blind check.
-        lacking = await first_missing(db, query.needs, query.timeout)
-        if lacking is not None:
-            return Outcome(query, 0.0, Skipped(lacking))
-        # Each row yields at least one series: fetching stops one row past the cap.
-        cap = query.series_cap(max_series)
-        result = await _fetch(db, query, params, cap)
-        if len(result.rows) <= INLINE_ROWS:
-            # A few rows encode in well under a millisecond: cheaper here than a thread hop
-            # (which, with hundreds of targets, cost more CPU than the encoding itself).
-            values = _map_and_encode(query, result.columns, result.rows, max_series)
-        else:
-            # Encoding a large result takes time: a worker thread keeps /metrics answering.
-            values = await asyncio.to_thread(
-                _map_and_encode, query, result.columns, result.rows, max_series
-            )
-    except QueryError as exc:
-        return Outcome(query, time.perf_counter() - started, exc)
-    return Outcome(query, time.perf_counter() - started, values, row_count=len(result.rows))
-
-
-async def _fetch(db: Database, query: Query, params: Mapping[str, object], cap: int) -> Result:
-    """The query's rows; with `each`, one statement per value (one locale at a time, on the
-    target's connection), each within the query's timeout, all within a budget of
-    EACH_BUDGET_TIMEOUTS timeouts. Any value that fails fails the run, naming the value: a
-    locale that cannot render in time is not loading."""
-    if query.each is None:
-        return await db.fetch(
-            query.sql, [params[p] for p in query.params], query.timeout, max_rows=cap
-        )
-    values = list(params[query.each])  # type: ignore[call-overload]
-    deadline = time.monotonic() + query.timeout * EACH_BUDGET_TIMEOUTS
-    columns: tuple[str, ...] = ()
-    rows: list[tuple[object, ...]] = []
-    duration = 0.0
-    for value in values:
-        left = deadline - time.monotonic()
-        if left <= 0:
-            raise QueryError(
-                ErrorReason.TIMEOUT,
-                f"{query.each} {value!r} not run: the budget of"
-                f" {EACH_BUDGET_TIMEOUTS} timeouts was spent on the ones before",
-            )
-        one = {**params, query.each: [value]}
-        try:
-            part = await db.fetch(
-                query.sql,
-                [one[p] for p in query.params],
-                min(query.timeout, left),
-                max_rows=max(1, cap + 1 - len(rows)),
-            )
-        except QueryError as exc:
-            budget = (
-                f" (the budget of {EACH_BUDGET_TIMEOUTS} timeouts ran out)"
-                if exc.reason is ErrorReason.TIMEOUT and left < query.timeout
-                else ""
-            )
-            raise QueryError(exc.reason, f"{query.each} {value!r}: {exc.message}{budget}") from None
-        columns = part.columns
-        rows.extend(part.rows)
-        duration += part.duration
-    return Result(columns, tuple(rows), duration)
-
-
-async def ping(db: Database, timeout: float) -> QueryError | None:
-    """`SELECT 1`: None if the database answered, else why not."""
-    try:
-        await db.ping(timeout)
-    except QueryError as exc:
-        return exc
-    return None
-
-
-def reachable(error: QueryError | None) -> bool:
-    """Whether a ping's result means the database is up (a permission error still answered)."""
-    return error is None or error.reason not in (ErrorReason.CONNECTION, ErrorReason.TIMEOUT)
-
-
-def record(store: TargetStore, outcome: Outcome, now: Instant, log: EventLog) -> bool:
-    """Publish what `outcome` makes of its query's snapshot (transition) and log its events;
-    False if the query left or changed in the store meanwhile (a reload), and nothing changed."""
-    previous = store.snapshot(outcome.query.name)
-    if previous is None or previous.query != outcome.query:
-        return False
-    snapshot, events = transition(previous, outcome, now)
+def log_events(log: EventLog, events: list[Event]) -> None:
     for event in events:
         getattr(log, event.level)(event.name, **event.fields)
-    store.publish(snapshot)
-    return True
 
 
 # --- when runs happen -----------------------------------------------------------------------
@@ -286,8 +162,10 @@ class Scheduler:
         while True:
             started = self._clock.now().wall
             outcome = await self._run(query)
-            if not record(self._store, outcome, self._clock.now(), log):
+            events = self._store.apply(outcome, self._clock.now())
+            if events is None:
                 return  # reloaded away meanwhile; apply() has started its successor
+            log_events(log, events)
             error = outcome.error
             if error is not None and error.reason is ErrorReason.CONNECTION:
                 self._on_connection_error()
@@ -331,7 +209,6 @@ class Pinger:
 
     async def run(self, stop: asyncio.Event) -> None:
         was_up: bool | None = None
-        lost = False  # a connection failed since the database was last up
         # Spread like the queries' first runs: 500 targets do not all connect in one instant.
         await self._wait(stop, first_delay(self._slot, "ping", self._interval))
         while not stop.is_set():
@@ -352,20 +229,14 @@ class Pinger:
                 self._log.warning(
                     "database_unreachable", reason=error.reason.value, error=error.message
                 )
-            elif up and was_up is False and lost:
-                self._log.info("database_reachable")
-                # Connections from before the outage may point at a dead server process.
-                await self._db.pool.expire_connections()
             elif up and was_up is False:
                 self._log.info("database_reachable")
-            if error is not None and error.reason is ErrorReason.CONNECTION and not lost:
-                # The server may come back as another one (version, extensions). A ping that
-                # only timed out (a busy server or pooler) keeps both: reconnecting everything
-                # then would add a storm of new connections to what was already too much.
-                lost = True
-                self._db.forget_server_info()
-            if up:
-                lost = False
+            if error is not None and error.reason is ErrorReason.CONNECTION:
+                # Not for a ping that only timed out (a busy server or pooler): reconnecting
+                # everything then would add a storm of new connections to what was too much.
+                self._db.connection_lost()
+            elif up:
+                await self._db.reconnected()
             was_up = up
             self._store.set_database_up(up)
             await self._wait(stop, self._interval)

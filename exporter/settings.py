@@ -255,19 +255,6 @@ class Settings(BaseSettings):
             Param.SCHEDULE_ERROR_COLUMN: self.schedule_error_column,
         }
 
-    def database_password(self) -> str | None:
-        """The password from DATABASE_PASSWORD_FILE, if set (trailing newline dropped)."""
-        if self.database_password_file is None:
-            return None
-        try:
-            return self.database_password_file.read_text(encoding="utf-8").rstrip("\r\n")
-        except (OSError, UnicodeDecodeError) as exc:
-            reason = getattr(exc, "strerror", None) or type(exc).__name__
-            raise ConfigError.at(
-                f"setting {ENV_PREFIX}DATABASE_PASSWORD_FILE",
-                f"cannot read {self.database_password_file}: {reason}",
-            ) from None
-
     def secrets(self) -> tuple[str, ...]:
         """Every secret value, so logs and errors can redact them."""
         found: list[str] = []
@@ -277,12 +264,23 @@ class Settings(BaseSettings):
         found += parse_qs(parts.query).get("password", [])  # ?password= works in libpq URLs
         if self.database_password_file is not None:
             try:
-                file_password = self.database_password()
+                file_password = read_password_file(self.database_password_file)
             except ConfigError:
                 file_password = None
             if file_password:
                 found.append(file_password)
         return tuple(found)
+
+
+def read_password_file(path: Path) -> str:
+    """A password file's password (trailing newline dropped); ConfigError naming the setting."""
+    try:
+        return path.read_text(encoding="utf-8").rstrip("\r\n")
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = getattr(exc, "strerror", None) or type(exc).__name__
+        raise ConfigError.at(
+            f"setting {ENV_PREFIX}DATABASE_PASSWORD_FILE", f"cannot read {path}: {reason}"
+        ) from None
 
 
 def unknown_settings(env_file: Path | None = None) -> list[str]:

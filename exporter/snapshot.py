@@ -9,14 +9,18 @@ log a failure once and its recovery once) is unit-tested with a fake clock and n
 A query's status is one of four, each carrying only what it means (`match` on it; mypy checks
 that every reader handles all four):
 
-    NeverRun                  nothing ran yet (after start, or after its SQL changed)
-    Ok                        the last run succeeded
-    Failing(reason, runs)     the last `runs` runs failed, the latest for `reason`
-    Skipped(requirement)      not run: the server lacks what the query requires
+    NeverRun                          nothing ran yet (after start, or after its SQL changed)
+    Ok(values)                        the last run succeeded and produced `values`
+    Failing(reason, runs, values)     the last `runs` runs failed, the latest for `reason`;
+                                      `values` are the last success's while fresh, else none
+    Skipped(requirement)              not run: the server lacks what the query requires
+
+Only a query that ran has values to serve: they live in its status, not beside it.
 """
 
 from __future__ import annotations
 
+import enum
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
@@ -52,15 +56,19 @@ class NeverRun:
 
 @dataclass(frozen=True, slots=True)
 class Ok:
-    """The last run succeeded."""
+    """The last run succeeded and produced `values`."""
+
+    values: Values
 
 
 @dataclass(frozen=True, slots=True)
 class Failing:
-    """The last `runs` runs failed (in a row); the latest for `reason`."""
+    """The last `runs` runs failed (in a row); the latest for `reason`. `values` are the last
+    success's, served while they are fresh (the query's `stale_after`), then none."""
 
     reason: ErrorReason
     runs: int = 1
+    values: Values = NO_VALUES
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,7 +80,6 @@ class Skipped:
 
 Status = NeverRun | Ok | Failing | Skipped
 NEVER_RUN = NeverRun()
-OK = Ok()
 
 
 def is_up(status: Status) -> bool | None:
@@ -127,36 +134,53 @@ _NO_ERRORS: Mapping[ErrorReason, int] = MappingProxyType({})
 
 
 @dataclass(frozen=True, slots=True)
+class LastError:
+    """The latest failure of a query, kept after it recovers: what went wrong, and when."""
+
+    message: str
+    at: Instant
+
+
+@dataclass(frozen=True, slots=True)
 class Snapshot:
     """Everything known about one query; replaced whole after every run, never mutated."""
 
     query: Query
-    values: Values = NO_VALUES  # what is served: the last success's, while fresh
     status: Status = NEVER_RUN
     duration: float | None = None
     last_success: Instant | None = None
-    last_error: str | None = None
-    last_error_at: Instant | None = None
+    last_error: LastError | None = None
     runs: int = 0
     errors: Mapping[ErrorReason, int] = field(default_factory=lambda: _NO_ERRORS)
+
+    @property
+    def values(self) -> Values:
+        """What is served for the query: the last success's while fresh, else none."""
+        match self.status:
+            case Ok(values) | Failing(values=values):
+                return values
+            case NeverRun() | Skipped():
+                return NO_VALUES
 
     def carried_to(self, query: Query) -> Snapshot:
         """This query's counters under a changed definition (after a reload); values start over:
         they came from the old SQL."""
-        return Snapshot(
-            query,
-            runs=self.runs,
-            errors=self.errors,
-            last_error=self.last_error,
-            last_error_at=self.last_error_at,
-        )
+        return Snapshot(query, runs=self.runs, errors=self.errors, last_error=self.last_error)
+
+
+class Level(enum.StrEnum):
+    """How loud an event is: the name of the logger method that writes it."""
+
+    DEBUG = "debug"
+    INFO = "info"
+    WARNING = "warning"
 
 
 @dataclass(frozen=True, slots=True)
 class Event:
     """A line to log: the level, the event name and its fields."""
 
-    level: str  # "debug", "info" or "warning"
+    level: Level
     name: str
     fields: Mapping[str, object] = field(default_factory=dict)
 
@@ -170,26 +194,24 @@ def transition(prev: Snapshot, outcome: Outcome, now: Instant) -> tuple[Snapshot
             need = result.requirement
             # A missing extension is the server's choice; a missing object of the schema
             # contract is a deployment mistake, said with what to run.
-            mistake = need.kind in ("relation", "column", "function")
             fields: dict[str, object] = {"requirement": str(need)}
-            if mistake:
+            if need.kind.is_deployment_mistake:
                 fields["fix"] = need.advice.removeprefix(str(need)).strip(" ()")
-            events.append(Event("warning" if mistake else "info", "query_skipped", fields))
+            level = Level.WARNING if need.kind.is_deployment_mistake else Level.INFO
+            events.append(Event(level, "query_skipped", fields))
         return Snapshot(prev.query, status=result, runs=prev.runs, errors=prev.errors), events
     runs = prev.runs + 1
     failing = prev.status if isinstance(prev.status, Failing) else None
     if isinstance(result, Values):
         if failing is not None:
-            events.append(Event("info", "query_recovered", {"failed_runs": failing.runs}))
+            events.append(Event(Level.INFO, "query_recovered", {"failed_runs": failing.runs}))
         return (
             Snapshot(
                 prev.query,
-                values=result,
-                status=OK,
+                status=Ok(result),
                 duration=outcome.duration,
                 last_success=now,
                 last_error=prev.last_error,
-                last_error_at=prev.last_error_at,
                 runs=runs,
                 errors=prev.errors,
             ),
@@ -201,7 +223,7 @@ def transition(prev: Snapshot, outcome: Outcome, now: Instant) -> tuple[Snapshot
     if failing is None or failing.reason != error.reason:
         # A database that cannot be reached is one line, the ping's (database_unreachable),
         # not one per query: each query's own connection failure is a detail for debugging.
-        level = "debug" if error.reason is ErrorReason.CONNECTION else "warning"
+        level = Level.DEBUG if error.reason is ErrorReason.CONNECTION else Level.WARNING
         events.append(
             Event(level, "query_failed", {"reason": error.reason.value, "error": error.message})
         )
@@ -211,15 +233,17 @@ def transition(prev: Snapshot, outcome: Outcome, now: Instant) -> tuple[Snapshot
     )
     if not fresh and prev.values.series:
         events.append(
-            Event("info", "query_values_withdrawn", {"stale_after": prev.query.stale_after})
+            Event(Level.INFO, "query_values_withdrawn", {"stale_after": prev.query.stale_after})
         )
     return (
         replace(
             prev,
-            values=prev.values if fresh else NO_VALUES,
-            last_error=f"{error.reason}: {error.message}",
-            last_error_at=now,
-            status=Failing(error.reason, 1 if failing is None else failing.runs + 1),
+            status=Failing(
+                error.reason,
+                1 if failing is None else failing.runs + 1,
+                prev.values if fresh else NO_VALUES,
+            ),
+            last_error=LastError(f"{error.reason}: {error.message}", now),
             duration=outcome.duration,
             runs=runs,
             errors=MappingProxyType(errors),

@@ -6,8 +6,11 @@
 
 A store re-renders once per event-loop turn however many things changed in it (when the
 database goes down every query fails in the same instant), and its page is final bytes: a
-scrape only picks them. Once any client has asked for gzip, the render compresses too, so
-that no scrape pays for compression.
+scrape only picks them. A format once asked for gzipped is compressed by every later render
+(`Page.assemble(..., replacing=)`), so that no scrape pays for compression.
+
+`TargetStore.apply(outcome, now)` is the one way a run changes what is served: it hands the
+query's snapshot and the outcome to the pure `transition` and installs the result.
 """
 
 from __future__ import annotations
@@ -20,36 +23,20 @@ from prometheus_client import CollectorRegistry, GCCollector, PlatformCollector,
 from exporter import selfmetrics
 from exporter.config import Config
 from exporter.exposition import Fragment, Page
-from exporter.snapshot import Clock, Snapshot, SystemClock
+from exporter.snapshot import Clock, Event, Instant, Outcome, Snapshot, SystemClock, transition
 
 
 class Coalesced:
     """Calls `action` once per event-loop turn however often it is asked to in that turn
     (when the database goes down every query fails in the same instant), or at once outside
-    an event loop.
-
-    `at_most_every(seconds)` spaces the calls further apart (a call asked for sooner is made
-    when the time is up); `in_worker_thread()` makes them in a worker thread, one at a time,
-    for an action too long to hold up the event loop (and the scrapes it answers).
-    """
+    an event loop."""
 
     def __init__(self, action: Callable[[], None]) -> None:
         self._action = action
         self._pending = False
-        self._every = 0.0
-        self._last = float("-inf")
-        self._threaded = False
-        self._again = False
-
-    def at_most_every(self, seconds: float) -> None:
-        self._every = seconds
-
-    def in_worker_thread(self) -> None:
-        self._threaded = True
 
     def __call__(self) -> None:
         if self._pending:
-            self._again = self._threaded
             return
         try:
             loop = asyncio.get_running_loop()
@@ -57,27 +44,11 @@ class Coalesced:
             self._action()
             return
         self._pending = True
-        wait = self._last + self._every - loop.time()
-        if wait > 0:
-            loop.call_later(wait, self._run)
-        else:
-            loop.call_soon(self._run)
+        loop.call_soon(self._run)
 
     def _run(self) -> None:
-        loop = asyncio.get_running_loop()
-        self._last = loop.time()
-        if not self._threaded:
-            self._pending = False
-            self._action()
-            return
-        self._again = False
-        loop.run_in_executor(None, self._action).add_done_callback(self._done)
-
-    def _done(self, future: asyncio.Future[None]) -> None:
         self._pending = False
-        if self._again:
-            self()  # asked for again while it ran
-        future.result()  # an exception goes to the event loop's handler, as elsewhere
+        self._action()
 
 
 class Store:
@@ -86,7 +57,6 @@ class Store:
 
     def __init__(self) -> None:
         self.page = Page.assemble(())
-        self.gzip_wanted: set[bool] = set()  # the formats (OpenMetrics?) asked for gzipped
         self._fragments: tuple[Fragment, ...] = ()
         self._listeners: list[Callable[[], None]] = []
         self.render = Coalesced(self.render_now)
@@ -101,16 +71,9 @@ class Store:
     def on_render(self, listener: Callable[[], None]) -> None:
         self._listeners.append(listener)
 
-    def want_gzip(self, openmetrics: bool) -> None:
-        """A client asked for this format gzipped: from now on every render compresses it."""
-        self.gzip_wanted.add(openmetrics)
-
     def render_now(self) -> None:
         self._fragments = tuple(self.build())
-        page = Page.assemble(self._fragments)
-        for openmetrics in self.gzip_wanted:
-            page.body(openmetrics=openmetrics, gzipped=True)  # compressed now, not in a scrape
-        self.page = page
+        self.page = Page.assemble(self._fragments, replacing=self.page)
         for listener in self._listeners:
             listener()
 
@@ -147,13 +110,16 @@ class TargetStore(Store):
                 )
         self.render()
 
-    def publish(self, snapshot: Snapshot) -> None:
-        """Install a query's next snapshot (ignored if the query changed or left meanwhile)."""
-        current = self._snapshots.get(snapshot.query.name)
-        if current is None or current.query != snapshot.query:
-            return
-        self._snapshots[snapshot.query.name] = snapshot
+    def apply(self, outcome: Outcome, now: Instant) -> list[Event] | None:
+        """Install what `outcome` makes of its query's snapshot (`transition`) and return the
+        events to log; None, and nothing changed, if the query changed or left meanwhile (a
+        reload: the run was of SQL no longer served)."""
+        current = self._snapshots.get(outcome.query.name)
+        if current is None or current.query != outcome.query:
+            return None
+        self._snapshots[outcome.query.name], events = transition(current, outcome, now)
         self.render()
+        return events
 
     def set_database_up(self, up: bool) -> None:
         if up != self.database_up:

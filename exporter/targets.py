@@ -11,50 +11,109 @@ targets:
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
 
 from exporter.db import Database
-from exporter.errors import describe
-from exporter.settings import Settings
+from exporter.errors import ConfigError, ErrorReason, QueryError, describe
+from exporter.settings import Settings, read_password_file
 from exporter.yamlfile import read_yaml
 
 SINGLE = "default"  # the name of the one target when there is no targets file
 
 
 @dataclass(frozen=True, slots=True)
-class Target:
-    """One watched database: where it is, and the values its queries take as parameters."""
+class DatabaseSpec:
+    """Where one database is and how to connect to it: all a `Database` is opened from."""
 
-    name: str
-    settings: Settings  # the process settings with this target's database and scope
-    probed: bool  # from a targets file: served at /probe?target=NAME, named in logs
+    url: SecretStr
+    password_file: Path | None
+    pool_size: int
+    statement_cache_size: int
+    connect_timeout: float
+    idle_close: float  # a connection unused this long is closed
+    url_is_default: bool  # no DATABASE_URL was given: the default URL, said when it fails
+    secrets: tuple[str, ...]  # what logs and errors mask: the URL's and the file's passwords
 
-    @property
-    def params(self) -> Mapping[str, object]:
-        return self.settings.query_params()
-
-    def open_database(self, *, at_least: int = 1) -> Database:
-        """This target's database, with `at_least` connections allowed whatever the pool
-        size (for one-shot runs that start every query at once)."""
-        s = self.settings
-        return Database(
-            s.database_url.get_secret_value(),
-            password=s.database_password(),
-            pool_size=max(s.pool_size, at_least),
-            statement_cache_size=s.statement_cache_size,
-            connect_timeout=s.connect_timeout,
+    @classmethod
+    def of(cls, settings: Settings) -> DatabaseSpec:
+        return cls(
+            url=settings.database_url,
+            password_file=settings.database_password_file,
+            pool_size=settings.pool_size,
+            statement_cache_size=settings.statement_cache_size,
+            connect_timeout=settings.connect_timeout,
             # The ping (or a query) uses the most recently used connection at least once a
             # ping interval; one unused for two was opened for an overlap of runs: close it.
-            idle_close=2 * s.ping_interval,
+            idle_close=2 * settings.ping_interval,
+            url_is_default="database_url" not in settings.model_fields_set,
+            secrets=settings.secrets(),
         )
 
-    def secrets(self) -> tuple[str, ...]:
-        return self.settings.secrets()
+    def open(self, *, at_least: int = 1) -> Database:
+        """The database, with `at_least` connections allowed whatever the pool size (for
+        one-shot runs that start every query at once). The password file, if any, is read
+        on each new connection: a rotated password is picked up without a restart."""
+        return Database(
+            self.url.get_secret_value(),
+            password=None if self.password_file is None else _reader(self.password_file),
+            pool_size=max(self.pool_size, at_least),
+            statement_cache_size=self.statement_cache_size,
+            connect_timeout=self.connect_timeout,
+            idle_close=self.idle_close,
+        )
+
+    def where(self) -> str:
+        """user@host:port/db: the database without a secret."""
+        parts = urlsplit(self.url.get_secret_value())
+        host = parts.hostname or "localhost"
+        port = f":{parts.port}" if parts.port else ""
+        user = f"{parts.username}@" if parts.username else ""
+        return f"{user}{host}{port}{parts.path or '/'}"
+
+
+def _reader(path: Path) -> Callable[[], str]:
+    """The password file's password, read when asked (on each new connection); a file that
+    cannot be read then is a failed connection, said as such."""
+
+    def read() -> str:
+        try:
+            return read_password_file(path)
+        except ConfigError as exc:
+            raise QueryError(ErrorReason.CONNECTION, str(exc)) from None
+
+    return read
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """One watched database: how to reach it, the values its queries take as parameters, and
+    the per-target settings of its runs."""
+
+    name: str
+    database: DatabaseSpec
+    params: Mapping[str, object]
+    locales: tuple[str, ...]  # also in params; triage's drill-downs read them
+    max_series_per_query: int
+    ping_interval: float
+    in_targets_file: bool  # served at /probe?target=NAME and named in logs, not at /metrics
+
+    @classmethod
+    def of(cls, name: str, settings: Settings, *, in_targets_file: bool) -> Target:
+        return cls(
+            name,
+            DatabaseSpec.of(settings),
+            settings.query_params(),
+            settings.locales,
+            settings.max_series_per_query,
+            settings.ping_interval,
+            in_targets_file,
+        )
 
 
 class TargetSpec(BaseModel):
@@ -76,7 +135,10 @@ class TargetsFile(BaseModel):
 def load_targets(settings: Settings) -> list[Target]:
     """The targets of this process: the targets file's, or the one DATABASE_URL names."""
     if settings.targets_file is None:
-        return [Target(SINGLE, settings, probed=False)]
+        if settings.database_password_file is not None:
+            # An unreadable password file is a config error now, not a failed connect at 3 a.m.
+            read_password_file(settings.database_password_file)
+        return [Target.of(SINGLE, settings, in_targets_file=False)]
     path = settings.targets_file
     doc = read_yaml(path)
     spec = doc.validate(TargetsFile)  # no values in messages: the file holds URLs
@@ -103,11 +165,13 @@ def load_targets(settings: Settings) -> list[Target]:
         except ValidationError as exc:
             first = exc.errors()[0]
             raise doc.error(("targets", index, *first["loc"]), describe(first)) from None
-        per_target.database_password()  # an unreadable password file fails now, not at 3 a.m.
-        out[target.name] = Target(target.name, per_target, probed=True)
+        if per_target.database_password_file is not None:
+            # An unreadable password file fails now, not at 3 a.m.
+            read_password_file(per_target.database_password_file)
+        out[target.name] = Target.of(target.name, per_target, in_targets_file=True)
     return list(out.values())
 
 
 def secrets_of(targets: list[Target]) -> tuple[str, ...]:
     """Every password any target's URL or password file holds."""
-    return tuple(s for t in targets for s in t.secrets())
+    return tuple(s for t in targets for s in t.database.secrets)

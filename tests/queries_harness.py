@@ -6,9 +6,11 @@ import asyncio
 import itertools
 from dataclasses import dataclass
 
+import asyncpg
+
 from exporter.config import Query, load_config
 from exporter.demo.cluster import Cluster
-from exporter.scheduler import run_query
+from exporter.runner import run_query
 from exporter.settings import SHIPPED_QUERIES, Settings, load_settings
 from exporter.snapshot import Outcome, Skipped
 from exporter.targets import load_targets
@@ -52,7 +54,7 @@ def run_named(pg: Cluster, database: str, name: str, **overrides: object) -> Out
 
     async def go() -> Outcome:
         (target,) = load_targets(settings)
-        async with target.open_database() as db:
+        async with target.database.open() as db:
             return await run_query(db, shipped(name), target.params, settings.max_series_per_query)
 
     return asyncio.run(go())
@@ -70,3 +72,21 @@ def fresh_database(pg: Cluster) -> str:
     name = f"state_{next(_names)}"
     pg.psql(f'CREATE DATABASE "{name}" TEMPLATE "{TEMPLATE}"')
     return name
+
+
+async def until_sessions(conn: asyncpg.Connection, where: str, count: int = 1) -> None:
+    """Poll pg_stat_activity (other sessions of this database) until at least `count` match
+    `where`: a test reads the state it set up once the server says it holds, not after a
+    sleep long enough on a quiet machine. Fails after 20 s."""
+    sql = (
+        "SELECT count(*) FROM pg_stat_activity WHERE pid <> pg_backend_pid()"
+        f" AND datname = current_database() AND ({where})"
+    )
+    deadline = asyncio.get_running_loop().time() + 20
+    while await conn.fetchval(sql) < count:
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"no {count} session(s) where {where} after 20 s")
+        await asyncio.sleep(0.02)
+
+
+WAITING_ON_A_LOCK = "wait_event_type = 'Lock'"

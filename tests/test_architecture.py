@@ -58,4 +58,4 @@ def test_no_assert_in_the_product() -> None:
 def test_one_database_is_a_list_of_one_named_target() -> None:
     (target,) = load_targets(Settings())
     assert target.name
-    assert target.probed is False
+    assert target.in_targets_file is False

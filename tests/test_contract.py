@@ -10,6 +10,7 @@ import pytest
 from exporter.config import load_config
 from exporter.contract import (
     CACHE_SECONDS,
+    Kind,
     Need,
     Requirement,
     first_missing,
@@ -25,11 +26,11 @@ from tests.queries_harness import settings_for
 @pytest.mark.parametrize(
     ("line", "need"),
     [
-        ("section_schedules(status, publish_at)", Need("relation", "public.section_schedules", ("status", "publish_at"))),
-        ("homepage_exporter.cron_job", Need("relation", "homepage_exporter.cron_job")),
-        ("function homepage_exporter.render_as_anon(text[])", Need("function", "homepage_exporter.render_as_anon(text[])")),
-        ("function get_homepage_content(text)", Need("function", "public.get_homepage_content(text)")),
-        ("  media_assets( file_size ) ", Need("relation", "public.media_assets", ("file_size",))),
+        ("section_schedules(status, publish_at)", Need(Kind.RELATION, "public.section_schedules", ("status", "publish_at"))),
+        ("homepage_exporter.cron_job", Need(Kind.RELATION, "homepage_exporter.cron_job")),
+        ("function homepage_exporter.render_as_anon(text[])", Need(Kind.FUNCTION, "homepage_exporter.render_as_anon(text[])")),
+        ("function get_homepage_content(text)", Need(Kind.FUNCTION, "public.get_homepage_content(text)")),
+        ("  media_assets( file_size ) ", Need(Kind.RELATION, "public.media_assets", ("file_size",))),
     ],
 )  # fmt: skip
 def test_each_form_parses(line: str, need: Need) -> None:
@@ -67,7 +68,7 @@ def test_the_role_scripts_objects_say_to_run_it() -> None:
     column = requirement(parse_need("section_schedules(status, updated_at)"), "updated_at")
     assert str(column) == "column:public.section_schedules.updated_at"
     assert "vocabulary" in column.advice
-    assert str(Requirement("server_version", "13")) == "server_version>=13"
+    assert str(Requirement(Kind.SERVER_VERSION, "13")) == "server_version>=13"
 
 
 def test_a_migration_is_seen_within_the_cache_minute(pg: Cluster, db: str) -> None:
@@ -78,7 +79,7 @@ def test_a_migration_is_seen_within_the_cache_minute(pg: Cluster, db: str) -> No
 
     async def ask() -> Requirement | None:
         (target,) = load_targets(settings_for(pg, db))
-        async with target.open_database() as database:
+        async with target.database.open() as database:
             first = await first_missing(database, [need], 5, clock=lambda: now[0])
             pg.psql("ALTER TABLE section_schedules ADD COLUMN executed_at timestamptz", database=db)
             now[0] += CACHE_SECONDS / 2

@@ -14,7 +14,7 @@ import pytest
 from exporter.config import load_config
 from exporter.demo.cluster import Cluster
 from exporter.errors import ErrorReason
-from exporter.scheduler import EACH_BUDGET_TIMEOUTS, run_query
+from exporter.runner import EACH_BUDGET_TIMEOUTS, run_query
 from exporter.snapshot import Outcome
 from exporter.targets import load_targets
 from tests.queries_harness import settings_for
@@ -45,7 +45,7 @@ def run(pg: Cluster, db: str, locales: str, tmp_path: Path) -> Outcome:
 
     async def go() -> Outcome:
         (target,) = load_targets(settings)
-        async with target.open_database() as database:
+        async with target.database.open() as database:
             return await run_query(database, query, target.params, 1000)
 
     return asyncio.run(go())

@@ -18,11 +18,13 @@ from prometheus_client.parser import text_string_to_metric_families as parse_tex
 from exporter.config import Metric
 from exporter.demo.cluster import free_port
 from exporter.exposition import (
+    Encoding,
+    Format,
     Fragment,
     Page,
-    accepts_gzip,
+    negotiate,
+    negotiate_encoding,
     to_client_families,
-    wants_openmetrics,
 )
 from exporter.mapping import Family, Sample
 from exporter.schema import MetricType
@@ -71,9 +73,9 @@ def test_help_mentions_the_refresh_interval() -> None:
 
 def test_gzip_is_made_once_and_cached() -> None:
     p = page()
-    first = p.body(openmetrics=False, gzipped=True)
+    first = p.body(Format.TEXT, Encoding.GZIP)
     assert gzip.decompress(first) == p.text
-    assert p.body(openmetrics=False, gzipped=True) is first
+    assert p.body(Format.TEXT, Encoding.GZIP) is first
 
 
 @pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool not installed")
@@ -100,7 +102,7 @@ def test_promtool_accepts_the_page() -> None:
     ],
 )
 def test_openmetrics_negotiation(accept: str, expected: bool) -> None:
-    assert wants_openmetrics(accept) is expected
+    assert (negotiate(accept) is Format.OPENMETRICS) is expected
 
 
 @pytest.mark.parametrize(
@@ -114,7 +116,7 @@ def test_openmetrics_negotiation(accept: str, expected: bool) -> None:
     ],
 )
 def test_gzip_negotiation(header: str, expected: bool) -> None:
-    assert accepts_gzip(header) is expected
+    assert (negotiate_encoding(header) is Encoding.GZIP) is expected
 
 
 # What prometheus/client_python's choose_encoder (exposition.py) and Prometheus's own

@@ -14,7 +14,7 @@ import pytest
 import uvloop
 
 from exporter import guard
-from exporter.guard import ConnectionPool, Guard
+from exporter.guard import Connections, Guard
 from tests.attacks import HALF_A_CLIENT_HELLO
 from tests.harness import self_signed_cert
 
@@ -45,16 +45,16 @@ def contexts(tmp_path_factory: pytest.TempPathFactory) -> tuple[ssl.SSLContext, 
 
 
 @contextlib.asynccontextmanager
-async def serving(pool: ConnectionPool, tls: ssl.SSLContext) -> AsyncIterator[int]:
+async def serving(connections: Connections, tls: ssl.SSLContext) -> AsyncIterator[int]:
     """A guarded TLS server on a loopback port, swept as the exporter sweeps."""
     loop = asyncio.get_running_loop()
-    server = await loop.create_server(lambda: Guard(Answer, pool, tls), "127.0.0.1", 0)
-    sweeper = loop.create_task(pool.sweep_forever())
+    server = await loop.create_server(lambda: Guard(Answer, connections, tls), "127.0.0.1", 0)
+    sweeper = loop.create_task(connections.sweep_forever())
     try:
         yield server.sockets[0].getsockname()[1]
     finally:
         sweeper.cancel()
-        pool.close_all()
+        connections.close_all()
         server.close()
 
 
@@ -95,7 +95,7 @@ async def open_sockets(port: int, count: int, first: bytes = b"") -> list[socket
 
 
 async def until(predicate: Callable[[], bool], what: str) -> None:
-    """Poll the pool's state (the server runs on this loop) for up to 5 s."""
+    """Poll the connections' state (the server runs on this loop) for up to 5 s."""
     for _ in range(500):
         if predicate():
             return
@@ -120,7 +120,7 @@ def test_tls_is_served_whatever_the_loop_read_before_the_handshake(
     # uvloop reads a new connection before the guard can pause it: the ClientHello's first
     # bytes arrive in the guard, which must hand them to TLS in order.
     async def scenario() -> None:
-        async with serving(ConnectionPool(64), contexts[0]) as port:
+        async with serving(Connections(64), contexts[0]) as port:
             for _ in range(20):
                 assert (await fetch(port, contexts[1])).endswith(b"\r\n\r\nok\n")
 
@@ -132,13 +132,13 @@ def test_silent_connections_are_counted_and_hold_no_tls_session(
     runner: str, contexts: tuple[ssl.SSLContext, ssl.SSLContext]
 ) -> None:
     async def scenario() -> None:
-        pool = ConnectionPool(64)
-        async with serving(pool, contexts[0]) as port:
+        connections = Connections(64)
+        async with serving(connections, contexts[0]) as port:
             silent = await open_sockets(port, 40)
-            await until(lambda: len(pool) == 40, "40 connections counted")
-            assert pool.tls_sessions == 0
+            await until(lambda: len(connections) == 40, "40 connections counted")
+            assert connections.tls_sessions == 0
             talking = await open_sockets(port, 10, HALF_A_CLIENT_HELLO)
-            await until(lambda: pool.tls_sessions == 10, "10 TLS sessions")
+            await until(lambda: connections.tls_sessions == 10, "10 TLS sessions")
             for sock in silent + talking:
                 sock.close()
 
@@ -150,12 +150,12 @@ def test_a_full_pool_evicts_the_oldest_silent_connection_not_a_scrape(
     runner: str, contexts: tuple[ssl.SSLContext, ssl.SSLContext]
 ) -> None:
     async def scenario() -> None:
-        pool = ConnectionPool(16, tls_limit=4)
-        async with serving(pool, contexts[0]) as port:
+        connections = Connections(16, tls_limit=4)
+        async with serving(connections, contexts[0]) as port:
             flood = await open_sockets(port, 40)
             flood += await open_sockets(port, 20, HALF_A_CLIENT_HELLO)
-            assert len(pool) <= 16
-            assert pool.tls_sessions <= 4
+            assert len(connections) <= 16
+            assert connections.tls_sessions <= 4
             assert (await fetch(port, contexts[1])).endswith(b"ok\n")
             assert await closed_by_server(flood[0])  # the oldest made room
             for sock in flood:
@@ -192,13 +192,13 @@ def test_a_connection_that_never_completes_its_handshake_is_cut_off(
     monkeypatch.setattr(guard, "HEAD_TIMEOUT_SECONDS", head)
 
     async def scenario() -> None:
-        pool = ConnectionPool(64)
-        async with serving(pool, contexts[0]) as port:
+        connections = Connections(64)
+        async with serving(connections, contexts[0]) as port:
             (sock,) = await open_sockets(port, 1, first)
             assert await closed_by_server(sock)
             sock.close()
-            await until(lambda: len(pool) == 0, "the connection released")
-            assert pool.tls_sessions == 0
+            await until(lambda: len(connections) == 0, "the connection released")
+            assert connections.tls_sessions == 0
 
     run(runner, scenario)
 
@@ -208,11 +208,13 @@ def test_plain_http_on_the_tls_port_is_dropped_and_released(
     runner: str, contexts: tuple[ssl.SSLContext, ssl.SSLContext]
 ) -> None:
     async def scenario() -> None:
-        pool = ConnectionPool(64)
-        async with serving(pool, contexts[0]) as port:
+        connections = Connections(64)
+        async with serving(connections, contexts[0]) as port:
             (sock,) = await open_sockets(port, 1, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
             assert await closed_by_server(sock)
             sock.close()
-            await until(lambda: len(pool) == 0 and pool.tls_sessions == 0, "it released")
+            await until(
+                lambda: len(connections) == 0 and connections.tls_sessions == 0, "it released"
+            )
 
     run(runner, scenario)

@@ -16,13 +16,21 @@ import asyncpg
 import pytest
 
 from exporter.config import load_config
+from exporter.contract import Kind
 from exporter.demo.cluster import Cluster, unprivileged_user
 from exporter.demo.database import create_cms_database
 from exporter.settings import SHIPPED_QUERIES
 from exporter.snapshot import Requirement, Skipped
 from tests.conftest import BARE, CMS, CMS_TABLES, SERVERS, Servers, exporter_dsn
 from tests.harness import EXPORTER_PASSWORD, wait_for
-from tests.queries_harness import Values, run_named, shipped, values
+from tests.queries_harness import (
+    WAITING_ON_A_LOCK,
+    Values,
+    run_named,
+    shipped,
+    until_sessions,
+    values,
+)
 from tests.test_user_schema import _database as user_schema_database
 
 
@@ -915,9 +923,11 @@ def _scans(node: dict[str, Any]) -> set[tuple[str, str]]:
 
 
 def test_without_pg_cron_and_pg_stat_statements_those_queries_are_skipped(pg: Cluster) -> None:
-    assert run_named(pg, BARE, "cron_jobs").result == Skipped(Requirement("extension", "pg_cron"))
+    assert run_named(pg, BARE, "cron_jobs").result == Skipped(
+        Requirement(Kind.EXTENSION, "pg_cron")
+    )
     statements = run_named(pg, BARE, "statements").result
-    assert statements == Skipped(Requirement("extension", "pg_stat_statements"))
+    assert statements == Skipped(Requirement(Kind.EXTENSION, "pg_stat_statements"))
     v = values(pg, BARE, "extensions")
     assert v("homepage_postgres_extension_installed", extension="pg_cron") == 0
     assert v("homepage_postgres_extension_installed", extension="pg_stat_statements") == 0
@@ -945,7 +955,9 @@ def test_blocked_and_idle_in_transaction_sessions(pg: Cluster, db: str) -> None:
         try:
             await holder.execute("BEGIN; LOCK TABLE homepage_sections IN ACCESS EXCLUSIVE MODE")
             blocked = asyncio.create_task(waiter.fetch("SELECT count(*) FROM homepage_sections"))
-            await asyncio.sleep(0.5)
+            await until_sessions(
+                holder, f"{WAITING_ON_A_LOCK} AND clock_timestamp() - query_start > '0.4 s'"
+            )
             v = await asyncio.to_thread(values, pg, db, "activity")
             assert v("homepage_postgres_blocked_queries") == 1
             assert v("homepage_postgres_idle_in_transaction_sessions") == 1
@@ -982,7 +994,7 @@ def test_a_query_that_starts_after_our_transaction_is_no_negative_duration(
             running = asyncio.create_task(
                 other.fetch("SELECT count(*), pg_sleep(1.5) FROM homepage_sections")
             )
-            await asyncio.sleep(0.3)
+            await until_sessions(ours, "state = 'active' AND query LIKE '%pg_sleep(1.5)%'")
             row = await ours.fetchrow(sql)
             await ours.execute("ROLLBACK")
             await running
@@ -1027,7 +1039,10 @@ def test_the_runbooks_maintenance_is_no_runaway_query(pg: Cluster, db: str) -> N
                 asyncio.create_task(build.execute(
                     "CREATE INDEX idx_slow_key ON homepage_sections (slow_key(section_key))")),
             ]  # fmt: skip
-            await asyncio.sleep(0.7)
+            # The dump (the longest of the three) running for over half a second.
+            await until_sessions(
+                app, "query LIKE 'COPY%' AND clock_timestamp() - query_start > '0.6 s'"
+            )
             v = await asyncio.to_thread(values, pg, db, "activity")
             await asyncio.gather(*running)
             return v

@@ -8,7 +8,7 @@ import pytest
 
 from exporter.demo.cluster import Cluster, ClusterError
 from tests.conftest import CMS
-from tests.queries_harness import values
+from tests.queries_harness import WAITING_ON_A_LOCK, until_sessions, values
 
 CLEANUP = """
 BEGIN;
@@ -110,7 +110,7 @@ def test_runbook_lock_query_names_sessions_that_block_nothing(pg: Cluster, db: s
         try:
             await holder.execute("BEGIN; LOCK TABLE media_assets IN ACCESS EXCLUSIVE MODE")
             task = asyncio.create_task(waiter.execute("SELECT count(*) FROM media_assets"))
-            await asyncio.sleep(0.3)
+            await until_sessions(bystander, WAITING_ON_A_LOCK)
             rows = await bystander.fetch(
                 """
                 SELECT locking.pid AS locking_pid

@@ -17,7 +17,7 @@ import pytest
 
 from exporter.config import Query, load_config
 from exporter.demo.cluster import Cluster
-from exporter.scheduler import run_query
+from exporter.runner import run_query
 from exporter.settings import SHIPPED_QUERIES
 from exporter.snapshot import Outcome
 from exporter.targets import load_targets

@@ -21,7 +21,7 @@ from exporter.errors import ErrorReason, QueryError
 from exporter.http import HttpServer
 from exporter.mapping import Family, Sample
 from exporter.settings import SHIPPED_QUERIES, ListenAddress
-from exporter.snapshot import Instant, Outcome, Values, transition
+from exporter.snapshot import Instant, Outcome, Values
 from exporter.statuspage import StatusPage, load_checks
 from exporter.store import TargetStore
 from tests.conftest import exporter_dsn
@@ -61,7 +61,7 @@ def publish(store: TargetStore, query_name: str, metric: str, value: float) -> N
     family = next(m for m in previous.query.metrics if m.name == metric)
     labels = tuple("x" for _ in family.labels)
     outcome = Outcome(previous.query, 0.01, Values((Family(family, (Sample(labels, value),)),)))
-    store.publish(transition(previous, outcome, Instant(NOW, 0.0))[0])
+    assert store.apply(outcome, Instant(NOW, 0.0)) is not None
 
 
 @pytest.fixture
@@ -75,6 +75,7 @@ def test_each_check_is_coloured_and_worded_by_the_alerts_thresholds(config: Conf
     publish(store, "homepage_render", "homepage_render_duration_seconds", 0.2)
     publish(store, "scheduled_publishes", "homepage_scheduled_publish_lag_minutes", 7)
     publish(store, "publish_failures", "homepage_publish_failures_last_hour", 9)
+    page.render_now()
     rows = parse(page.body)
     assert rows.checks == {
         "homepage_render_duration_seconds": "ok",
@@ -104,7 +105,8 @@ def test_each_query_shows_its_health_and_last_error(config: Config) -> None:
     previous = store.snapshot("media")
     assert previous is not None
     failing = Outcome(previous.query, 0.1, QueryError(ErrorReason.PERMISSION, "permission denied"))
-    store.publish(transition(previous, failing, Instant(NOW, 0.0))[0])
+    assert store.apply(failing, Instant(NOW, 0.0)) is not None
+    page.render_now()
     rows = parse(page.body)
     assert rows.queries["media"] == "critical"
     assert rows.queries["sections"] == "unknown"  # not run yet
@@ -113,9 +115,10 @@ def test_each_query_shows_its_health_and_last_error(config: Config) -> None:
 
 
 def test_a_scrape_never_renders_the_status_page(config: Config) -> None:
-    """/ and /metrics hand out bytes made when the state changed: 200 scrapes, 0 renders."""
+    """/ and /metrics hand out bytes made before they were asked for: after 200 scrapes of
+    each, / still serves the very bytes it served before them."""
 
-    async def go() -> tuple[int, int, bytes]:
+    async def go() -> tuple[bytes, bytes, bytes]:
         store = TargetStore(config)
         page = StatusPage([("", store)], LINKS, clock=lambda: NOW)
         port = free_port()
@@ -123,18 +126,19 @@ def test_a_scrape_never_renders_the_status_page(config: Config) -> None:
             store, ListenAddress("127.0.0.1", port), ready=lambda: True, status=page
         )
         async with server:
-            before = page.renders
+            before = page.body
             loop = asyncio.get_running_loop()
-            for _ in range(200):
+            for path in ("/metrics", "/") * 200:
                 status, _, _ = await loop.run_in_executor(
-                    None, http_get, f"http://127.0.0.1:{port}/metrics"
+                    None, http_get, f"http://127.0.0.1:{port}{path}"
                 )
                 assert status == 200
             body = (await loop.run_in_executor(None, http_get, f"http://127.0.0.1:{port}/"))[2]
-            return before, page.renders, body
+            return before, page.body, body
 
     before, after, body = asyncio.run(go())
-    assert after == before
+    assert after is before, "a request rendered the page"
+    assert body == before
     assert body.startswith(b"<!doctype html>")
 
 
@@ -228,15 +232,28 @@ def test_the_status_page_in_a_browser_healthy_then_in_an_incident(pg: Cluster, d
         exporter.close()
 
 
-def test_the_page_ages_are_refreshed_with_the_process_metrics(config: Config) -> None:
-    """A quiet database changes nothing for minutes; the page's "… ago" must still move: it is
-    re-rendered with the exporter's own 5-second refresh."""
-    from exporter.app import Daemon
-    from exporter.settings import load_settings
-    from exporter.targets import load_targets
+def test_the_page_ages_are_refreshed_on_its_own_timer(config: Config) -> None:
+    """A quiet database changes nothing for minutes; the page's "… ago" must still move: the
+    page re-renders on its own timer, whatever the stores do."""
+    store = TargetStore(config)
+    clock = [NOW]
+    page = StatusPage([("", store)], LINKS, clock=lambda: clock[0])
+    previous = store.snapshot("media")
+    assert previous is not None
+    failing = Outcome(previous.query, 0.1, QueryError(ErrorReason.PERMISSION, "denied"))
+    assert store.apply(failing, Instant(NOW, 0.0)) is not None
+    page.every = 0.01
 
-    settings = load_settings({})
-    daemon = Daemon(settings, config, load_targets(settings))
-    before = daemon.status.renders
-    daemon.exporter_store.render_now()  # what the 5-second refresher does
-    assert daemon.status.renders == before + 1
+    async def go() -> bytes:
+        stop = asyncio.Event()
+        timer = asyncio.create_task(page.run(stop))
+        clock[0] = NOW + 125
+        for _ in range(500):  # the timer's render, polled: at most 5 s
+            if b"last error 125s ago" in page.body:
+                break
+            await asyncio.sleep(0.01)
+        stop.set()
+        await timer
+        return page.body
+
+    assert b"last error 125s ago: permission: denied" in asyncio.run(go())

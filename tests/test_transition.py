@@ -10,14 +10,16 @@ from __future__ import annotations
 import asyncio
 import bisect
 import contextlib
+import gzip
 import heapq
 from pathlib import Path
 
 import pytest
 
 from exporter.config import Config, Query, load_config
+from exporter.contract import Kind
 from exporter.errors import ErrorReason, QueryError
-from exporter.exposition import Fragment
+from exporter.exposition import Encoding, Format, Fragment
 from exporter.logs import get_logger
 from exporter.mapping import Family, Sample
 from exporter.scheduler import (
@@ -26,16 +28,17 @@ from exporter.scheduler import (
     LogBudget,
     Scheduler,
     Slot,
+    log_events,
     next_delay,
     phase,
-    record,
 )
 from exporter.snapshot import (
     NEVER_RUN,
-    OK,
     Event,
     Failing,
     Instant,
+    LastError,
+    Ok,
     Outcome,
     Requirement,
     Skipped,
@@ -96,7 +99,7 @@ def test_a_success_installs_values_and_counts_the_run(config: Config) -> None:
     start = Snapshot(config.enabled[0])
     after, events = transition(start, ok(start), at(5))
     assert after.values.fragment == VALUES
-    assert after.status == OK
+    assert after.status == Ok(ok(start).values)
     assert after.values.series == 1
     assert after.runs == 1
     assert after.last_success == at(5)
@@ -109,7 +112,7 @@ def test_values_are_kept_while_fresh_then_withdrawn_once(config: Config) -> None
     s, events = transition(s, failed(s), at(29))
     assert s.values.fragment == VALUES, "a failure within stale_after keeps the last values"
     assert s.values.series == 1
-    assert s.status == Failing(ErrorReason.CONNECTION, runs=1)
+    assert s.status == Failing(ErrorReason.CONNECTION, runs=1, values=s.values)
     assert names(events) == ["query_failed"]
     s, events = transition(s, failed(s), at(30.5))
     assert s.values.fragment.text == b"", "past stale_after the values go"
@@ -118,7 +121,7 @@ def test_values_are_kept_while_fresh_then_withdrawn_once(config: Config) -> None
     s, events = transition(s, failed(s), at(60))
     assert events == [], "withdrawn once, failing reported once"
     assert s.errors == {ErrorReason.CONNECTION: 3}
-    assert s.status == Failing(ErrorReason.CONNECTION, runs=3)
+    assert s.status == Failing(ErrorReason.CONNECTION, runs=3), "values withdrawn"
     assert s.runs == 4
 
 
@@ -136,7 +139,8 @@ def test_a_new_reason_is_logged_and_recovery_is_logged_once(config: Config) -> N
     s, first = transition(s, failed(s, ErrorReason.TIMEOUT), at(0))
     s, same = transition(s, failed(s, ErrorReason.TIMEOUT), at(10))
     s, other = transition(s, failed(s, ErrorReason.PERMISSION), at(20))
-    assert s.status == Failing(ErrorReason.PERMISSION, runs=3), "a run of failures, any reason"
+    assert isinstance(s.status, Failing)
+    assert (s.status.reason, s.status.runs) == (ErrorReason.PERMISSION, 3), "a run, any reason"
     s, recovered = transition(s, ok(s), at(30))
     s, quiet = transition(s, ok(s), at(40))
     assert names(first) == ["query_failed"]
@@ -146,15 +150,16 @@ def test_a_new_reason_is_logged_and_recovery_is_logged_once(config: Config) -> N
     assert recovered[0].fields == {"failed_runs": 3}
     assert quiet == []
     assert s.errors == {ErrorReason.TIMEOUT: 2, ErrorReason.PERMISSION: 1}
-    assert s.status == OK
+    assert isinstance(s.status, Ok)
+    assert s.last_error == LastError("permission: server closed the connection", at(20))
 
 
 def test_a_skip_is_said_once_and_does_not_count_as_a_run(config: Config) -> None:
     query = config.enabled[0]
-    skip = Outcome(query, 0.0, Skipped(Requirement("extension", "pg_cron")))
+    skip = Outcome(query, 0.0, Skipped(Requirement(Kind.EXTENSION, "pg_cron")))
     s, events = transition(Snapshot(query), skip, at(0))
     s, again = transition(s, skip, at(10))
-    assert s.status == Skipped(Requirement("extension", "pg_cron"))
+    assert s.status == Skipped(Requirement(Kind.EXTENSION, "pg_cron"))
     assert str(s.status.requirement) == "extension:pg_cron"
     assert s.runs == 0
     assert names(events) == ["query_skipped"]
@@ -167,15 +172,13 @@ def test_a_reload_keeps_unchanged_queries_and_the_counters_of_changed_ones(
     store = TargetStore(config)
     alpha = store.snapshot("alpha")
     assert alpha is not None
-    s, _ = transition(alpha, failed(alpha), at(0))
-    s, _ = transition(s, ok(s), at(1))
-    store.publish(s)
+    assert store.apply(failed(alpha), at(0)) is not None
+    assert store.apply(ok(alpha), at(1)) is not None
     changed = tmp_path / "changed.yaml"
     changed.write_text(QUERIES.replace("SELECT 2 AS v", "SELECT 3 AS v"))
     beta = store.snapshot("beta")
     assert beta is not None
-    b, _ = transition(beta, ok(beta), at(0))
-    store.publish(b)
+    assert store.apply(ok(beta), at(0)) is not None
     store.replace_config(load_config(changed))
     kept, restarted = store.snapshot("alpha"), store.snapshot("beta")
     assert kept is not None
@@ -188,16 +191,30 @@ def test_a_reload_keeps_unchanged_queries_and_the_counters_of_changed_ones(
 
 
 def test_once_a_client_wants_gzip_every_render_compresses_ahead_of_scrapes(
-    config: Config,
+    config: Config, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    compressions: list[int] = []
+    real = gzip.compress
+
+    def counted(data: bytes, compresslevel: int, mtime: int) -> bytes:
+        compressions.append(len(data))
+        compressed: bytes = real(data, compresslevel=compresslevel, mtime=mtime)
+        return compressed
+
+    monkeypatch.setattr(gzip, "compress", counted)
     store = TargetStore(config)
-    assert store.page.compressed() == set()
-    store.want_gzip(openmetrics=False)
     store.render_now()
-    assert store.page.compressed() == {False}, "the render compressed, not the next scrape"
-    store.set_database_up(True)  # any change re-renders
-    assert store.page.compressed() == {False}
+    assert compressions == [], "nobody asked for gzip: nothing is compressed"
+    first = store.page.body(Format.TEXT, Encoding.GZIP)  # the first gzip scrape compresses
+    assert len(compressions) == 1
+    store.set_database_up(True)  # any change re-renders: the render compresses that format
+    assert len(compressions) == 2
+    assert gzip.decompress(store.page.body(Format.TEXT, Encoding.GZIP)) == store.page.text
+    assert len(compressions) == 2, "the scrape after the render compressed nothing"
+    assert store.page.body(Format.TEXT, Encoding.GZIP) != first
     assert b"homepage_exporter_database_up 1.0" in store.page.text
+    store.page.body(Format.OPENMETRICS)  # uncompressed: nothing to make
+    assert len(compressions) == 2
 
 
 # --- the scheduler's loops, on a fake clock ------------------------------------------------------
@@ -453,7 +470,7 @@ def test_500_targets_going_down_log_a_bounded_number_of_lines_and_one_summary(
                 for snap in store.snapshots:
                     now = Instant(1e9 + at, at)
                     outcome = failed(snap, ErrorReason.TIMEOUT)  # a warning each
-                    record(store, outcome, now, log.bind(query=snap.query.name))
+                    log_events(log.bind(query=snap.query.name), store.apply(outcome, now) or [])
 
         asyncio.run(fail())
 

@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from exporter.config import load_config
+from exporter.contract import Kind
 from exporter.demo.cluster import Cluster
 from exporter.demo.database import load_exporter_role, sql_file
 from exporter.settings import SHIPPED_QUERIES
@@ -85,7 +86,7 @@ def test_every_query_answers_or_is_skipped_naming_what_is_missing(
     outcome = run_named(pg, runbook_cms, name, **VOCABULARY)
     assert outcome.error is None, (name, outcome.error)
     if isinstance(outcome.result, Skipped):  # only an extension this database does not have
-        assert outcome.result.requirement.kind == "extension", outcome.result
+        assert outcome.result.requirement.kind is Kind.EXTENSION, outcome.result
 
 
 def test_the_schedule_checks_read_the_cms_own_words(pg: Cluster, runbook_cms: str) -> None:

@@ -18,7 +18,6 @@ import dataclasses
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any, TextIO
-from urllib.parse import urlsplit
 
 from exporter.config import Config
 from exporter.db import Database
@@ -31,7 +30,7 @@ from exporter.incidents import (
     samples_of,
     shipped,
 )
-from exporter.scheduler import ping, reachable, run_query
+from exporter.runner import ping, reachable, run_query
 from exporter.snapshot import Outcome, Skipped, Values
 from exporter.targets import Target
 from exporter.triage.drilldown import Context, drilldown
@@ -55,19 +54,13 @@ CMS_PRESENT = (
 
 def where(target: Target) -> str:
     """The database triage looked at, without a secret: a target's name, or user@host:port/db."""
-    if target.probed:
-        return target.name
-    parts = urlsplit(target.settings.database_url.get_secret_value())
-    host = parts.hostname or "localhost"
-    port = f":{parts.port}" if parts.port else ""
-    user = f"{parts.username}@" if parts.username else ""
-    return f"{user}{host}{port}{parts.path or '/'}"
+    return target.name if target.in_targets_file else target.database.where()
 
 
 async def _run_queries(
     db: Database, config: Config, target: Target, incidents: Sequence[Incident]
 ) -> list[Outcome]:
-    params, cap = target.params, target.settings.max_series_per_query
+    params, cap = target.params, target.max_series_per_query
     # Only the queries an incident reads: the 6-hourly scans of version content, say, decide
     # nothing here and would only spend the deadline.
     read = {m for i in incidents for m in i.metrics}
@@ -93,11 +86,8 @@ async def triage(
     t = load_thresholds() if thresholds is None else thresholds
     chosen = shipped(t) if incidents is None else incidents
     report = Report(where(target))
-    s = target.settings
-    pool = max(s.pool_size, POOL_SIZE)
-    wide = dataclasses.replace(target, settings=s.model_copy(update={"pool_size": pool}))
-    async with wide.open_database() as db:
-        error = await ping(db, min(s.connect_timeout, CONNECT_TIMEOUT_SECONDS))
+    async with target.database.open(at_least=POOL_SIZE) as db:
+        error = await ping(db, min(target.database.connect_timeout, CONNECT_TIMEOUT_SECONDS))
         if not reachable(error) and error is not None:
             report.unreachable = error.message
             report.seconds = time.monotonic() - started
@@ -122,7 +112,7 @@ async def triage(
         report.failed.update(errors)
         samples = samples_of((f for o in outcomes for f in o.values.families), up)
         firings = evaluate(samples, t, time.time(), chosen)
-        ctx = Context(db, s.locales, t, errors, DRILLDOWN_TIMEOUT_SECONDS, target.params)
+        ctx = Context(db, target.locales, t, errors, DRILLDOWN_TIMEOUT_SECONDS, target.params)
 
         async def explain(firing: Any) -> Finding:
             try:

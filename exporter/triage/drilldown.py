@@ -13,7 +13,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 from exporter.db import Database
-from exporter.incidents import Firing, cron_job_name, cron_job_owner
+from exporter.incidents import Firing, RunbookPath, cron_job_name, cron_job_owner
 from exporter.triage.report import Finding, human_age
 
 MAX_ROWS = 20
@@ -544,7 +544,7 @@ async def cron_failed(ctx: Context, firing: Firing) -> Finding:
             runs,
             "Make the function SECURITY DEFINER again (or restore the grant it lost).",
             ["ALTER FUNCTION process_scheduled_publishes() SECURITY DEFINER;"],
-            path="C",
+            path=RunbookPath.C,
         )
     return Finding(
         firing.incident,

@@ -8,7 +8,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TextIO
 
-from exporter.incidents import Incident, Priority
+from exporter.incidents import Incident, Priority, RunbookPath
 
 RUNBOOK = "docs/runbook.md"
 EXIT_CANNOT_TELL = 4
@@ -47,14 +47,14 @@ class Finding:
     rows: Sequence[Mapping[str, object]] = ()
     next_step: str = ""
     statements: Sequence[str] = ()  # for a human to run; never run here
-    path: str | None = None  # the drill-down's refinement of the incident's path, if any
+    path: RunbookPath | None = None  # the drill-down's refinement of the incident's path
 
     @property
     def priority(self) -> Priority:
         return self.incident.priority
 
     @property
-    def resolution_path(self) -> str:
+    def resolution_path(self) -> RunbookPath:
         return self.incident.path if self.path is None else self.path
 
     def as_dict(self) -> dict[str, object]:
