@@ -51,9 +51,12 @@ from tests.kube import (
 
 PROMETHEUS = shutil.which("prometheus")
 PROMTOOL = shutil.which("promtool")
-pytestmark = pytest.mark.skipif(
-    not HELM.is_file(), reason="helm is installed into .cache/k8s-tools by scripts/test.sh"
-)
+pytestmark = [
+    pytest.mark.skipif(
+        not HELM.is_file(), reason="helm is installed into .cache/k8s-tools by scripts/test.sh"
+    ),
+    pytest.mark.slow,  # helm and kubectl as processes: the whole suite, not the daily loop
+]
 needs_crds = pytest.mark.skipif(
     not (CRDS / "node_modules").is_dir() or shutil.which("node") is None,
     reason="the operator's schemas are installed into .cache/k8s-crds by scripts/test.sh",

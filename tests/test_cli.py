@@ -14,6 +14,9 @@ from exporter.demo.cluster import Cluster
 from tests.conftest import exporter_dsn
 from tests.harness import write_queries
 
+# Each test starts the exporter as a process: the whole suite, not the daily loop.
+pytestmark = pytest.mark.slow
+
 ONE = """\
   - name: one
     help: One.

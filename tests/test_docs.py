@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
 
 from exporter.config import load_config
@@ -23,6 +24,7 @@ def test_metrics_md_is_current() -> None:
     )
 
 
+@pytest.mark.slow
 def test_the_generators_run_from_any_directory_and_take_help(tmp_path: Path) -> None:
     """They live in tools/, outside the package, and find the repository themselves."""
     doc = subprocess.run(

@@ -68,6 +68,7 @@ def test_a_locale_that_cannot_render_fails_the_run_naming_it(
     assert "locales 'slow-nl'" in outcome.error.message
 
 
+@pytest.mark.slow
 def test_a_budget_bounds_the_whole_run(pg: Cluster, db: str, tmp_path: Path) -> None:
     """However many locales, a run takes at most EACH_BUDGET_TIMEOUTS timeouts."""
     many = ",".join(f"l{i}" for i in range(EACH_BUDGET_TIMEOUTS * 2 + 1))

@@ -7,8 +7,13 @@ import subprocess
 import sys
 import time
 
+import pytest
+
 from exporter.demo.cluster import free_port
 from tests.test_cli import clean_env, cli
+
+# Each test starts the exporter as a process: the whole suite, not the daily loop.
+pytestmark = pytest.mark.slow
 
 
 def test_check_says_it_did_not_connect() -> None:

@@ -298,6 +298,7 @@ def test_any_settings_load_or_name_the_variable(values: dict[str, str | Content]
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@pytest.mark.slow
 @given(setting_values(max_size=2))
 def test_check_exits_0_or_2_with_one_line(values: dict[str, str | Content]) -> None:
     err = io.StringIO()

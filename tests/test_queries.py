@@ -843,6 +843,7 @@ def test_same_named_cron_jobs_of_two_owners_are_two_jobs(pg: Cluster) -> None:
 HISTORY_ROWS = 3_100_000
 
 
+@pytest.mark.slow
 def test_cron_check_reads_the_newest_runs_by_index_whatever_the_history(pg: Cluster) -> None:
     """A year of runs of six jobs (pg_cron never purges): the plan walks job_run_details's
     primary key from the newest run, never the whole table, and the answers are still those

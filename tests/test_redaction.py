@@ -16,6 +16,9 @@ from exporter.demo.cluster import free_port
 from exporter.logs import Redactor
 from tests.test_cli import cli
 
+# Each test starts the exporter as a process: the whole suite, not the daily loop.
+pytestmark = pytest.mark.slow
+
 SHORT = "prod"
 LONG = "prod-db-secret"  # SHORT is its prefix
 # Pieces of LONG that must not survive once SHORT is masked out of it.
