@@ -201,7 +201,14 @@ def test_permission_denied_on_a_table_names_it_and_the_rest_runs(
     assert scrape.get("homepage_exporter_query_up", query="private") == 0
     # The rest runs: the tick query succeeds beside it (both start together; wait for it).
     exporter.wait_metric("homepage_exporter_query_up", lambda v: v == 1, 5, query="tick")
-    time.sleep(2)
+    # Three failed runs in a row: said once, not once per run.
+    exporter.wait_metric(
+        "homepage_exporter_query_errors_total",
+        lambda v: (v or 0) >= 3,
+        15,
+        query="private",
+        reason="permission",
+    )
     failed = [line for line in exporter.logs.splitlines() if "event=query_failed" in line]
     assert len(failed) == 1
     assert "query=private" in failed[0]
