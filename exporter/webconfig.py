@@ -32,7 +32,6 @@ ClientAuth = Literal[
     "VerifyClientCertIfGiven",
     "RequireAndVerifyClientCert",
 ]
-OPEN_PATHS = ("/healthz", "/readyz")
 # A bcrypt hash to check against when the user is unknown, so timing does not reveal users.
 _DUMMY_HASH = bcrypt.hashpw(b"homepage-cms-exporter", bcrypt.gensalt(rounds=10))
 _CACHE_SIZE = 256

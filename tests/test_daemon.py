@@ -50,16 +50,6 @@ def test_query_values_refresh_on_their_interval(
     assert after.get("homepage_exporter_query_interval_seconds", query="tick") == 1
 
 
-def test_help_text_says_values_are_refreshed_on_an_interval(
-    pg: Cluster, start_exporter: StartExporter, queries_file: Path
-) -> None:
-    write_queries(queries_file, TICK)
-    exporter = start_exporter(exporter_env(exporter_dsn(pg), queries_file))
-    exporter.wait_metric("test_tick_seconds", lambda v: v is not None, 5)
-    text = exporter.scrape().text
-    assert "# HELP test_tick_seconds Server clock at the last run. (refreshed every 1s)" in text
-
-
 def test_a_slow_query_never_overlaps_itself(
     pg: Cluster, start_exporter: StartExporter, queries_file: Path
 ) -> None:
