@@ -190,6 +190,23 @@ def test_a_reload_keeps_unchanged_queries_and_the_counters_of_changed_ones(
     assert restarted.runs == 1, "counters carry over: a counter never goes back"
 
 
+def test_a_run_of_sql_reloaded_away_changes_nothing(config: Config, tmp_path: Path) -> None:
+    """A run that started before a reload and ends after it ran the old SQL: its values and
+    counts are not the new query's, and its loop must learn that it was replaced."""
+    store = TargetStore(config)
+    alpha = store.snapshot("alpha")
+    assert alpha is not None
+    changed = tmp_path / "changed.yaml"
+    changed.write_text(QUERIES.replace("SELECT 1 AS v", "SELECT 5 AS v"))
+    store.replace_config(load_config(changed))
+    reloaded = store.snapshot("alpha")
+    assert reloaded is not None
+    assert store.apply(ok(alpha), at(1)) is None, "the old definition's run was applied"
+    assert store.snapshot("alpha") is reloaded
+    assert b"test_alpha" not in store.page.text
+    assert store.apply(ok(reloaded), at(2)) == []
+
+
 def test_once_a_client_wants_gzip_every_render_compresses_ahead_of_scrapes(
     config: Config, monkeypatch: pytest.MonkeyPatch
 ) -> None:
