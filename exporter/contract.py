@@ -124,7 +124,7 @@ def requirement(need: Need, column: str | None) -> Requirement:
 
 
 # One round trip for all of a query's needs: the first that is missing, in the order written.
-CHECK = """
+FIRST_MISSING_SQL = """
 SELECT n.ord::int, n.col
 FROM unnest($1::text[], $2::text[], $3::text[]) WITH ORDINALITY AS n(kind, name, col, ord)
 WHERE CASE n.kind
@@ -170,7 +170,7 @@ async def first_missing(
             names.append(need.name)
             columns.append(column)
             owners.append((need, column))
-    result = await db.fetch(CHECK, (kinds, names, columns), timeout)
+    result = await db.fetch(FIRST_MISSING_SQL, (kinds, names, columns), timeout)
     missing = None
     if result.rows:
         need, lacking = owners[int(str(result.rows[0][0])) - 1]

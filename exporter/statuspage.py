@@ -42,7 +42,9 @@ STATES = {  # state -> (word, colour); colour is never the only signal
 
 
 @dataclass(frozen=True)
-class Check:
+class HealthCheck:
+    """One row of the runbook's quick reference: a health check, its metric and thresholds."""
+
     name: str
     metric: str
     labels: Mapping[str, str]
@@ -53,10 +55,10 @@ class Check:
     section: str
 
 
-def load_checks(path: Path = QUICKREF) -> tuple[str, list[Check]]:
+def load_checks(path: Path = QUICKREF) -> tuple[str, list[HealthCheck]]:
     data: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
     checks = [
-        Check(
+        HealthCheck(
             c["check"],
             c["metric"],
             c["labels"],
@@ -71,7 +73,7 @@ def load_checks(path: Path = QUICKREF) -> tuple[str, list[Check]]:
     return str(data["runbook_url"]), checks
 
 
-def current(snapshots: Sequence[Snapshot], check: Check) -> float | None:
+def current(snapshots: Sequence[Snapshot], check: HealthCheck) -> float | None:
     """The worst (highest) value the check's metric has now, across its series."""
     values = [
         sample.value
@@ -100,7 +102,7 @@ def incidents_now(
     return evaluate(samples, thresholds, now, incidents)
 
 
-def state(value: float | None, check: Check) -> str:
+def state(value: float | None, check: HealthCheck) -> str:
     if value is None:
         return "unknown"
     if value > check.critical:
@@ -156,7 +158,7 @@ def _badge(name: str) -> str:
 def render(
     targets: Sequence[tuple[str, TargetStore]],
     runbook_url: str,
-    checks: Sequence[Check],
+    checks: Sequence[HealthCheck],
     now: float,
     links: Sequence[tuple[str, str]],
     thresholds: Mapping[str, Any] | None = None,

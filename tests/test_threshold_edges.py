@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from exporter.incidents import Incident, Severity, Threshold, shipped
-from exporter.statuspage import Check, load_checks, state
+from exporter.statuspage import HealthCheck, load_checks, state
 from tests.edges import EDGES, THRESHOLDS, Edge, selector
 
 NOW = 1_700_000_000.0
@@ -34,7 +34,7 @@ def _bounds(incident: Incident) -> set[tuple[str, str | None]]:
     }
 
 
-def _check(edge: Edge) -> Check | None:
+def _check(edge: Edge) -> HealthCheck | None:
     """The status page's check on this edge's threshold, if the page shows one."""
     found = [
         c
