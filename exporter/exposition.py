@@ -82,10 +82,11 @@ class Fragment:
     def encode(cls, families: Iterable[Metric]) -> Fragment:
         built = list(families)
         om = openmetrics_format.generate_latest(_Families(built))  # type: ignore[no-untyped-call]
-        return cls(
-            text=text_format.generate_latest(_Families(built)),  # type: ignore[arg-type,unused-ignore]
-            openmetrics=om.removesuffix(_EOF),
-        )
+        text = text_format.generate_latest(_Families(built))  # type: ignore[arg-type,unused-ignore]
+        om = om.removesuffix(_EOF)
+        # Gauges read the same in both formats: one copy, not two, kept for every query of
+        # every target (hundreds of targets, each fragment kept an interval).
+        return cls(text=text, openmetrics=text if om == text else om)
 
 
 EMPTY = Fragment(b"", b"")

@@ -69,11 +69,17 @@ class Store:
         raise NotImplementedError
 
     def on_render(self, listener: Callable[[], None]) -> None:
+        if not self._listeners:
+            self._fragments = tuple(self.build())  # kept from now on: a listener reads them
         self._listeners.append(listener)
 
     def render_now(self) -> None:
-        self._fragments = tuple(self.build())
-        self.page = Page.assemble(self._fragments, replacing=self.page)
+        fragments = tuple(self.build())
+        self.page = Page.assemble(fragments, replacing=self.page)
+        # Kept only for a store joined into another's page (/metrics with one database): a
+        # target's own metrics are a fragment as large as all its queries', and its page
+        # holds them already.
+        self._fragments = fragments if self._listeners else ()
         for listener in self._listeners:
             listener()
 
@@ -167,6 +173,9 @@ class _OwnMetrics:
         # The first family is database_up: the target's, not the query's.
         text = [_split(f)[1] for f in _families(alone.text)[1:]]
         om = [_split(f)[1] for f in _families(alone.openmetrics)[1:]]
+        # A sample line reads the same in both formats (only counters' comment lines differ):
+        # one copy of each, not two (24 queries' worth per target, kept an interval).
+        om = [t if t == o else o for t, o in zip(text, om, strict=True)]
         return snap, text, om
 
 

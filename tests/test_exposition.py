@@ -71,6 +71,17 @@ def test_help_mentions_the_refresh_interval() -> None:
     assert b"# HELP homepage_g A gauge. (refreshed every 30s)" in page().text
 
 
+def test_a_fragment_that_reads_the_same_in_both_formats_is_kept_once() -> None:
+    """Gauges read the same in text and OpenMetrics: hundreds of targets keep one copy of each
+    query's bytes, not two. Counters differ (their TYPE line), so they keep both."""
+    gauge = Metric("homepage_g", MetricType.GAUGE, "A gauge.", "v", ("label",))
+    counter = Metric("homepage_c_total", MetricType.COUNTER, "A counter.", "n", ())
+    only_gauges = Fragment.encode(to_client_families([Family(gauge, (Sample(("a",), 1.0),))], 30))
+    assert only_gauges.openmetrics is only_gauges.text
+    with_counter = Fragment.encode(to_client_families([Family(counter, (Sample((), 7.0),))], 30))
+    assert with_counter.openmetrics != with_counter.text
+
+
 def test_gzip_is_made_once_and_cached() -> None:
     p = page()
     first = p.body(Format.TEXT, Encoding.GZIP)
