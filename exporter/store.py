@@ -6,8 +6,9 @@
 
 A store re-renders once per event-loop turn however many things changed in it (when the
 database goes down every query fails in the same instant), and its page is final bytes: a
-scrape only picks them. A format once asked for gzipped is compressed by every later render
-(`Page.assemble(..., replacing=)`), so that no scrape pays for compression.
+scrape only picks them. A body (a format, plain or gzipped) once asked for is made by every
+later render (`Page.assemble(..., replacing=)`), so that no scrape joins or compresses, and a
+format no client asks for is never made.
 
 `TargetStore.apply(outcome, now)` is the one way a run changes what is served: it hands the
 query's snapshot and the outcome to the pure `transition` and installs the result.
@@ -57,29 +58,21 @@ class Store:
 
     def __init__(self) -> None:
         self.page = Page.assemble(())
-        self._fragments: tuple[Fragment, ...] = ()
         self._listeners: list[Callable[[], None]] = []
         self.render = Coalesced(self.render_now)
 
     def fragments(self) -> tuple[Fragment, ...]:
-        """The fragments of the last render."""
-        return self._fragments
+        """The fragments of the last render (its page is made of them)."""
+        return self.page.fragments
 
     def build(self) -> Iterable[Fragment]:
         raise NotImplementedError
 
     def on_render(self, listener: Callable[[], None]) -> None:
-        if not self._listeners:
-            self._fragments = tuple(self.build())  # kept from now on: a listener reads them
         self._listeners.append(listener)
 
     def render_now(self) -> None:
-        fragments = tuple(self.build())
-        self.page = Page.assemble(fragments, replacing=self.page)
-        # Kept only for a store joined into another's page (/metrics with one database): a
-        # target's own metrics are a fragment as large as all its queries', and its page
-        # holds them already.
-        self._fragments = fragments if self._listeners else ()
+        self.page = Page.assemble(self.build(), replacing=self.page)
         for listener in self._listeners:
             listener()
 
