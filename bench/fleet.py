@@ -10,8 +10,9 @@ distinct names; each version's shipped queries. For each N the baseline runs fir
 commit REF, extracted with `git archive`: every target's first runs within a quarter second,
 then ±5 % jitter), then this working tree. Each is measured over its first interval (where a
 burst would be) and then over `--seconds` of steady state, while a client asks for a random
-target's /probe every 20 ms. Writes its table into docs/benchmarks.md between the fleet
-markers (bench/run runs it after bench/bench.py, which rewrites that file). Not part of CI.
+target's /probe every 20 ms with Prometheus's own Accept and Accept-Encoding (OpenMetrics,
+gzip). Writes its table into docs/benchmarks.md between the fleet markers (bench/run runs it
+after bench/bench.py, which rewrites that file). Not part of CI.
 """
 
 from __future__ import annotations
@@ -54,7 +55,13 @@ BEGIN, END = "<!-- fleet: written by bench/fleet.py -->", "<!-- /fleet -->"
 # The last commit before the scheduler spread runs over each interval (issue 21).
 BASELINE = "1fe02f2f1cac6f344f922374718d2e6403491592"
 POOL_SIZE = 10  # the pooler's server connections, for all the targets together
-FIRST_INTERVAL_SECONDS = 35  # the shipped queries' shortest interval is 30 s
+FIRST_INTERVAL_SECONDS = 35
+# What Prometheus (2.x) sends with each scrape: OpenMetrics preferred, gzip accepted.
+SCRAPE_HEADERS = {
+    "Accept": "application/openmetrics-text;version=1.0.0;q=0.5,"
+    "application/openmetrics-text;version=0.0.1;q=0.4,text/plain;version=0.0.4;q=0.3,*/*;q=0.2",
+    "Accept-Encoding": "gzip",
+}  # the shipped queries' shortest interval is 30 s
 
 
 @dataclass
@@ -172,7 +179,8 @@ def measure(
         while not stop.is_set():
             t0 = time.perf_counter()
             with contextlib.suppress(OSError):
-                http_get(f"{url}/probe?target=t{rng.randrange(n):04d}", timeout=30)
+                target = f"{url}/probe?target=t{rng.randrange(n):04d}"
+                http_get(target, SCRAPE_HEADERS, timeout=30)
                 figures.latencies.append(time.perf_counter() - t0)
             time.sleep(0.02)
 
