@@ -95,18 +95,22 @@ EMPTY = Fragment(b"", b"")
 @dataclass(slots=True)
 class Page:
     """One exposition, made of fragments. Each body (a format, plain or gzipped) is made at
-    most once, on its first request, and the page that replaces this one makes the same bodies
-    when it is assembled: no later scrape joins or compresses anything, and a format nobody
-    asks for (hundreds of targets scraped in OpenMetrics only) is never held in memory."""
+    most once, on its first request; and the page that replaces one whose bodies were served
+    makes those bodies when it is assembled, so that a page scraped more often than it changes
+    (one database, scraped by several Prometheus servers) costs its scrapes no join and no
+    compression. A page replaced before anyone asked for it passes nothing on: with hundreds
+    of targets each page changes after every run, several times between two scrapes, and
+    making bodies nobody reads was most of a render's cost and memory."""
 
     _fragments: tuple[Fragment, ...]
     _bodies: dict[tuple[Format, Encoding], bytes] = field(default_factory=dict)
+    _served: set[tuple[Format, Encoding]] = field(default_factory=set)
 
     @classmethod
     def assemble(cls, fragments: Iterable[Fragment], *, replacing: Page | None = None) -> Page:
         page = cls(tuple(fragments))
-        for fmt, encoding in replacing._bodies if replacing is not None else ():
-            page.body(fmt, encoding)
+        for fmt, encoding in replacing._served if replacing is not None else ():
+            page._make(fmt, encoding)
         return page
 
     @property
@@ -114,12 +118,17 @@ class Page:
         return self._fragments
 
     def body(self, fmt: Format, encoding: Encoding = Encoding.IDENTITY) -> bytes:
+        """The body a client asked for (made now if it is the first to ask)."""
+        self._served.add((fmt, encoding))
+        return self._make(fmt, encoding)
+
+    def _make(self, fmt: Format, encoding: Encoding) -> bytes:
         made = self._bodies.get((fmt, encoding))
         if made is not None:
             return made
         if encoding is Encoding.GZIP:
             # Level 1: an order of magnitude cheaper than 9 for a few percent more bytes.
-            made = gzip.compress(self.body(fmt), compresslevel=1, mtime=0)
+            made = gzip.compress(self._make(fmt, Encoding.IDENTITY), compresslevel=1, mtime=0)
         elif fmt is Format.OPENMETRICS:
             made = b"".join(f.openmetrics for f in self._fragments) + _EOF
         else:
@@ -129,11 +138,11 @@ class Page:
 
     @property
     def text(self) -> bytes:
-        return self.body(Format.TEXT)
+        return self._make(Format.TEXT, Encoding.IDENTITY)
 
     @property
     def openmetrics(self) -> bytes:
-        return self.body(Format.OPENMETRICS)
+        return self._make(Format.OPENMETRICS, Encoding.IDENTITY)
 
 
 def _qvalues(header: str) -> dict[str, float]:

@@ -207,7 +207,7 @@ def test_a_run_of_sql_reloaded_away_changes_nothing(config: Config, tmp_path: Pa
     assert store.apply(ok(reloaded), at(2)) == []
 
 
-def test_once_a_client_wants_gzip_every_render_compresses_ahead_of_scrapes(
+def test_a_served_gzip_body_is_compressed_ahead_by_the_next_render_only(
     config: Config, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     compressions: list[int] = []
@@ -232,6 +232,14 @@ def test_once_a_client_wants_gzip_every_render_compresses_ahead_of_scrapes(
     assert b"homepage_exporter_database_up 1.0" in store.page.text
     store.page.body(Format.OPENMETRICS)  # uncompressed: nothing to make
     assert len(compressions) == 2
+    store.set_database_up(False)  # the served page's successor compresses ahead again ...
+    assert len(compressions) == 3
+    store.set_database_up(True)  # ... but one replaced unread passes nothing on
+    assert len(compressions) == 3, "a page nobody asked for was compressed"
+    assert b"homepage_exporter_database_up 1.0" in gzip.decompress(
+        store.page.body(Format.TEXT, Encoding.GZIP)
+    )
+    assert len(compressions) == 4
 
 
 # --- the scheduler's loops, on a fake clock ------------------------------------------------------

@@ -104,8 +104,11 @@ BUGS = [
         "        if current is None:\n            return None\n",
         ("tests/test_transition.py", "tests/test_first_run.py")),
     Bug("gzip-not-carried-to-the-next-page", "http", "exporter/exposition.py",
-        "        for fmt in replacing._gzipped if replacing is not None else ():\n"
-        "            page.body(fmt, Encoding.GZIP)\n", "",
+        "        for fmt, encoding in replacing._served if replacing is not None else ():\n"
+        "            page._make(fmt, encoding)\n", "",
+        ("tests/test_transition.py", "tests/test_exposition.py")),
+    Bug("unread-page-passes-its-bodies-on", "http", "exporter/exposition.py",
+        "in replacing._served if replacing", "in replacing._bodies if replacing",
         ("tests/test_transition.py", "tests/test_exposition.py")),
 ]  # fmt: skip
 
