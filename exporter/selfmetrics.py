@@ -7,10 +7,9 @@ from collections.abc import Iterable, Iterator
 from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from exporter import __version__
+from exporter.config import SELF_PREFIX as PREFIX  # one prefix: the queries file may not use it
 from exporter.errors import ErrorReason
 from exporter.snapshot import Failing, NeverRun, Ok, Skipped, Snapshot
-
-PREFIX = "homepage_exporter_"
 
 
 def exporter_families(*, reload_successful: bool, reload_timestamp: float) -> Iterator[Metric]:
