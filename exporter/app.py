@@ -143,7 +143,6 @@ class Daemon:
                 ranks = {name: i for i, name in enumerate(sorted(self.stores))}
                 async with asyncio.TaskGroup() as group:
                     refresher = group.create_task(self._refresh_process_metrics())
-                    group.create_task(self.status.run(self.stop))
                     for target in self.targets:
                         db = databases[target.name]
                         store = self.stores[target.name]

@@ -3,8 +3,9 @@
 aiohttp (its llhttp parser) reads requests and rejects malformed ones; `exporter.guard` sits
 in front of it for plain HTTP and TLS alike (connection cap, handshake and head deadlines,
 head size, write flow control); `exporter.exposition` picks the format and encoding a client
-asked for. The handlers only hand out bytes that already exist (`Page.body`, the status page's
-`body`) and write nothing anywhere: no request renders a page or changes a store.
+asked for. The handlers hand out bytes that already exist (`Page.body`) and write nothing
+anywhere; only `/` may render, the status page for people, at most once in its freshness
+window and in a worker thread (`StatusPage.current`).
 """
 
 from __future__ import annotations
@@ -116,6 +117,11 @@ class HttpServer:
                             status=401, text="unauthorized\n", headers=UNAUTHORIZED_HEADERS
                         )
                     )
+        if path == "/" and self._status is not None:
+            body = await self._status.current()  # rendered in a worker thread when stale
+            return self._respond(
+                web.Response(body=body, content_type="text/html", charset="utf-8", headers=NO_STORE)
+            )
         route = self._routes.get(path)
         response = (
             route(request) if route is not None else web.Response(status=404, text="not found\n")
@@ -159,8 +165,10 @@ class HttpServer:
         return web.Response(status=503, text="database unreachable\n")
 
     def _landing(self, request: web.BaseRequest) -> web.Response:
-        body = self._status.body if self._status is not None else _landing("/metrics")
-        return web.Response(body=body, content_type="text/html", charset="utf-8", headers=NO_STORE)
+        """Without a status page (tests of the server alone): links to the other paths."""
+        return web.Response(
+            body=_landing("/metrics"), content_type="text/html", charset="utf-8", headers=NO_STORE
+        )
 
     # --- lifecycle ------------------------------------------------------------------------
 

@@ -1,11 +1,11 @@
 """The status page at `/`: the runbook's quick reference with each check's current value and
 state, then every query's health, per target. Plain HTML and CSS, no JavaScript.
 
-It is made from the snapshots already in memory, on its own timer (`StatusPage.run`: once a
-second, or 0.02 s per target if longer, in a worker thread; each render also moves its "… ago"
-ages on), and served as finished bytes: it never queries the database and a request never
-renders it. The thresholds are the alerts' own (exporter/quickref.json,
-generated from alerts/thresholds.yaml by tools/mixin).
+It is made from the snapshots already in memory when a person asks for it, in a worker thread,
+and kept for a second (0.02 s per target if longer): it never queries the database, concurrent
+requests share one render, and while nobody looks at it, it costs nothing (with hundreds of
+targets a render takes tenths of a second of CPU). The thresholds are the alerts' own
+(exporter/quickref.json, generated from alerts/thresholds.yaml by tools/mixin).
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import asyncio
 import datetime as dt
 import html
 import json
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -251,14 +252,15 @@ def render(
     return "".join(out).encode()
 
 
-# Re-rendered this often, or this times the targets if longer: with hundreds of targets the
-# page costs tenths of a second of CPU, and a person reading it needs no more than that.
-EVERY_SECONDS = 1.0
-EVERY_SECONDS_PER_TARGET = 0.02
+# A render is served for this long, or this times the targets if longer: with hundreds of
+# targets a render costs tenths of a second of CPU, and a person reading it needs no more.
+FRESH_SECONDS = 1.0
+FRESH_SECONDS_PER_TARGET = 0.02
 
 
 class StatusPage:
-    """The page at `/`: `body` is what HTTP hands out; `run` re-renders it on its own timer."""
+    """The page at `/`: `current()` is what HTTP hands out, rendered on request and kept while
+    fresh; `render_now()` renders at once (tests, and `current()` in its worker thread)."""
 
     def __init__(
         self,
@@ -266,19 +268,22 @@ class StatusPage:
         links: Sequence[tuple[str, str]],
         clock: Callable[[], float],
         quickref: Path = QUICKREF,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self._targets = list(targets)
         self._links = list(links)
         self._clock = clock
+        self._monotonic = monotonic
         self._runbook_url, self._checks = load_checks(quickref)
         self._thresholds = load_thresholds(quickref)
         self._incidents = shipped(self._thresholds)
-        self.every = max(EVERY_SECONDS, EVERY_SECONDS_PER_TARGET * len(self._targets))
-        self.body = b""
-        self.render_now()
+        self.fresh_for = max(FRESH_SECONDS, FRESH_SECONDS_PER_TARGET * len(self._targets))
+        self._body: bytes | None = None
+        self._rendered_at = float("-inf")
+        self._rendering: asyncio.Future[bytes] | None = None
 
-    def render_now(self) -> None:
-        self.body = render(
+    def render_now(self) -> bytes:
+        self._body = render(
             self._targets,
             self._runbook_url,
             self._checks,
@@ -287,12 +292,21 @@ class StatusPage:
             self._thresholds,
             self._incidents,
         )
+        return self._body
 
-    async def run(self, stop: asyncio.Event) -> None:
-        """Every `every` seconds until `stop`, render in a worker thread: at 300 targets a
-        render took 0.2 s, which the event loop (and every scrape) would otherwise wait for."""
-        while not stop.is_set():
-            try:
-                await asyncio.wait_for(stop.wait(), self.every)
-            except TimeoutError:
-                await asyncio.to_thread(self.render_now)
+    async def current(self) -> bytes:
+        """The page as of at most `fresh_for` seconds ago: the last render if it is that
+        recent, else a new one, made in a worker thread (the event loop and every scrape go
+        on meanwhile) and shared by every request that arrives while it is made."""
+        if self._body is not None and self._monotonic() - self._rendered_at < self.fresh_for:
+            return self._body
+        if self._rendering is None or self._rendering.done():
+            self._rendering = asyncio.ensure_future(self._render())
+        # Shielded: a client that hangs up does not cancel the render the others wait for.
+        return await asyncio.shield(self._rendering)
+
+    async def _render(self) -> bytes:
+        started = self._monotonic()
+        body = await asyncio.to_thread(self.render_now)
+        self._rendered_at = started
+        return body

@@ -10,6 +10,7 @@ import os
 import shutil
 import subprocess
 import tempfile
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -75,8 +76,8 @@ def test_each_check_is_coloured_and_worded_by_the_alerts_thresholds(config: Conf
     publish(store, "homepage_render", "homepage_render_duration_seconds", 0.2)
     publish(store, "scheduled_publishes", "homepage_scheduled_publish_lag_minutes", 7)
     publish(store, "publish_failures", "homepage_publish_failures_last_hour", 9)
-    page.render_now()
-    rows = parse(page.body)
+    body = page.render_now()
+    rows = parse(body)
     assert rows.checks == {
         "homepage_render_duration_seconds": "ok",
         "homepage_scheduled_publish_lag_minutes": "warning",  # > 5 min
@@ -84,7 +85,7 @@ def test_each_check_is_coloured_and_worded_by_the_alerts_thresholds(config: Conf
         "homepage_media_storage_percent": "unknown",
         "homepage_cms_table_size_bytes": "unknown",
     }
-    text = page.body.decode()
+    text = body.decode()
     assert "WARNING" in text
     assert "CRITICAL" in text
     assert "NO DATA" in text
@@ -106,40 +107,60 @@ def test_each_query_shows_its_health_and_last_error(config: Config) -> None:
     assert previous is not None
     failing = Outcome(previous.query, 0.1, QueryError(ErrorReason.PERMISSION, "permission denied"))
     assert store.apply(failing, Instant(NOW, 0.0)) is not None
-    page.render_now()
-    rows = parse(page.body)
+    body = page.render_now()
+    rows = parse(body)
     assert rows.queries["media"] == "critical"
     assert rows.queries["sections"] == "unknown"  # not run yet
-    assert "last error 90s ago: permission: permission denied" in page.body.decode()
-    assert "<script" not in page.body.decode()
+    assert "last error 90s ago: permission: permission denied" in body.decode()
+    assert "<script" not in body.decode()
 
 
-def test_a_scrape_never_renders_the_status_page(config: Config) -> None:
-    """/ and /metrics hand out bytes made before they were asked for: after 200 scrapes of
-    each, / still serves the very bytes it served before them."""
+def test_the_status_page_is_rendered_on_request_once_per_freshness_window(config: Config) -> None:
+    """Scrapes never render the status page; `/` renders it when asked, once however many ask
+    at once, and serves that render while it is fresh."""
+    renders: list[float] = []
+    clock = [NOW]
 
-    async def go() -> tuple[bytes, bytes, bytes]:
+    def counted() -> float:
+        renders.append(clock[0])
+        return clock[0]
+
+    async def go() -> tuple[bytes, list[bytes]]:
         store = TargetStore(config)
-        page = StatusPage([("", store)], LINKS, clock=lambda: NOW)
+        page = StatusPage([("", store)], LINKS, clock=counted, monotonic=lambda: clock[0])
         port = free_port()
         server = HttpServer(
             store, ListenAddress("127.0.0.1", port), ready=lambda: True, status=page
         )
-        async with server:
-            before = page.body
-            loop = asyncio.get_running_loop()
-            for path in ("/metrics", "/") * 200:
-                status, _, _ = await loop.run_in_executor(
-                    None, http_get, f"http://127.0.0.1:{port}{path}"
-                )
-                assert status == 200
-            body = (await loop.run_in_executor(None, http_get, f"http://127.0.0.1:{port}/"))[2]
-            return before, page.body, body
+        # The clients' own threads: the server's render needs one of the loop's.
+        with ThreadPoolExecutor(8) as clients:
+            async with server:
+                loop = asyncio.get_running_loop()
 
-    before, after, body = asyncio.run(go())
-    assert after is before, "a request rendered the page"
-    assert body == before
-    assert body.startswith(b"<!doctype html>")
+                def get(path: str) -> bytes:
+                    status, _, body = http_get(f"http://127.0.0.1:{port}{path}")
+                    assert status == 200
+                    return body
+
+                for _ in range(100):
+                    await loop.run_in_executor(clients, get, "/metrics")
+                assert renders == [], "a scrape rendered the status page"
+                together = await asyncio.gather(
+                    *(loop.run_in_executor(clients, get, "/") for _ in range(8))
+                )
+                assert len(renders) == 1, "eight requests at once, one render"
+                clock[0] += page.fresh_for / 2
+                assert await loop.run_in_executor(clients, get, "/") == together[0]
+                assert len(renders) == 1, "a fresh render is served again"
+                clock[0] += page.fresh_for
+                later = await loop.run_in_executor(clients, get, "/")
+                assert len(renders) == 2, "a stale render is made again"
+                return later, list(together)
+
+    later, together = asyncio.run(go())
+    assert all(body == together[0] for body in together)
+    assert together[0].startswith(b"<!doctype html>")
+    assert later != together[0]  # its "as of" moved on
 
 
 # --- in a real browser ------------------------------------------------------------------------
@@ -232,28 +253,22 @@ def test_the_status_page_in_a_browser_healthy_then_in_an_incident(pg: Cluster, d
         exporter.close()
 
 
-def test_the_page_ages_are_refreshed_on_its_own_timer(config: Config) -> None:
-    """A quiet database changes nothing for minutes; the page's "… ago" must still move: the
-    page re-renders on its own timer, whatever the stores do."""
+def test_the_page_ages_move_on_with_each_request(config: Config) -> None:
+    """A quiet database changes nothing for minutes; the page's "… ago" must still move: each
+    render (on request, once the last one is stale) reads the clock."""
     store = TargetStore(config)
     clock = [NOW]
-    page = StatusPage([("", store)], LINKS, clock=lambda: clock[0])
+    page = StatusPage([("", store)], LINKS, clock=lambda: clock[0], monotonic=lambda: clock[0])
     previous = store.snapshot("media")
     assert previous is not None
     failing = Outcome(previous.query, 0.1, QueryError(ErrorReason.PERMISSION, "denied"))
     assert store.apply(failing, Instant(NOW, 0.0)) is not None
-    page.every = 0.01
 
-    async def go() -> bytes:
-        stop = asyncio.Event()
-        timer = asyncio.create_task(page.run(stop))
+    async def go() -> tuple[bytes, bytes]:
+        first = await page.current()
         clock[0] = NOW + 125
-        for _ in range(500):  # the timer's render, polled: at most 5 s
-            if b"last error 125s ago" in page.body:
-                break
-            await asyncio.sleep(0.01)
-        stop.set()
-        await timer
-        return page.body
+        return first, await page.current()
 
-    assert b"last error 125s ago: permission: denied" in asyncio.run(go())
+    first, later = asyncio.run(go())
+    assert b"last error just now: permission: denied" in first
+    assert b"last error 125s ago: permission: denied" in later
