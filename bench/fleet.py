@@ -377,9 +377,10 @@ def write(
         " -p PID -d 30` on the exporter this command starts): 77 % of the process's time went"
         " to re-encoding every query's own metrics (`homepage_exporter_query_*`) after each"
         " run, 11 % to re-rendering the status page of all targets, 7 % to the run itself."
-        " Now a run re-encodes only its own query's and splices it in (same bytes), and the"
-        " status page is rendered at most once a second (0.02 s per target, if longer), in a"
-        " worker thread. Re-rendering a target's own metrics after one run of the shipped"
+        " Now a run re-encodes only its own query's and splices it in (same bytes), a page"
+        " joins and compresses only the bodies that were asked for, and the status page is"
+        " rendered only when someone opens it. Re-rendering a target's own metrics after one"
+        " run of the shipped"
         f" queries, measured by this command: {render[0]:.1f} ms encoding them all (before),"
         f" {render[1]:.1f} ms now (its snapshot replaced: splice and page).",
         "",
