@@ -271,7 +271,7 @@ def check(
             case QueryError(reason=reason, message=message):
                 failed += 1
                 out.write(redact(f"FAIL  {name}  {o.duration:.3f}s  {reason}: {message}\n"))
-            case Values(series=series):
-                out.write(f"ok    {name}  {o.duration:.3f}s  rows={o.row_count} series={series}\n")
+            case Values(series=series, rows=rows):
+                out.write(f"ok    {name}  {o.duration:.3f}s  rows={rows} series={series}\n")
     out.write(f"{len(outcomes) - failed} ok, {failed} failed\n")
     return 1 if failed else 0

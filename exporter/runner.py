@@ -32,7 +32,8 @@ def _map_and_encode(
     query: Query, columns: Sequence[str], rows: Sequence[Sequence[object]], max_series: int
 ) -> Values:
     families = map_rows(query, columns, rows, max_series=max_series)
-    return Values(families, Fragment.encode(to_client_families(families, query.interval)))
+    fragment = Fragment.encode(to_client_families(families, query.interval))
+    return Values(families, fragment, rows=len(rows))
 
 
 async def run_query(
@@ -69,7 +70,7 @@ async def run_query(
             )
     except QueryError as exc:
         return Outcome(query, time.perf_counter() - started, exc)
-    return Outcome(query, time.perf_counter() - started, values, row_count=len(result.rows))
+    return Outcome(query, time.perf_counter() - started, values)
 
 
 async def _fetch(db: Database, query: Query, params: Mapping[str, object], cap: int) -> Result:

@@ -9,13 +9,16 @@ log a failure once and its recovery once) is unit-tested with a fake clock and n
 A query's status is one of four, each carrying only what it means (`match` on it; mypy checks
 that every reader handles all four):
 
-    NeverRun                          nothing ran yet (after start, or after its SQL changed)
-    Ok(values)                        the last run succeeded and produced `values`
-    Failing(reason, runs, values)     the last `runs` runs failed, the latest for `reason`;
-                                      `values` are the last success's while fresh, else none
-    Skipped(requirement)              not run: the server lacks what the query requires
+    NeverRun                  nothing ran yet (after start, or after its SQL changed)
+    Ok(values, at, duration)  the last run succeeded at `at` and produced `values`
+    Failing(reason, runs, duration, last_success, values)
+                              the last `runs` runs failed, the latest for `reason`; `values`
+                              are the last success's while fresh, else none
+    Skipped(requirement)      not run: the server lacks what the query requires
 
-Only a query that ran has values to serve: they live in its status, not beside it.
+Only a query that ran has values to serve, a duration and (if it ever succeeded) a last
+success: they live in its status, not beside it, so no snapshot can say "never ran" and
+"succeeded at 10:02" at once.
 """
 
 from __future__ import annotations
@@ -40,10 +43,11 @@ class Values:
 
     families: tuple[Family, ...] = ()
     fragment: Fragment = EMPTY
+    rows: int = 0  # the rows they were mapped from
 
     @property
     def series(self) -> int:
-        return sum(len(f.samples) for f in self.families)
+        return sum(f.series for f in self.families)
 
 
 NO_VALUES = Values()
@@ -56,18 +60,23 @@ class NeverRun:
 
 @dataclass(frozen=True, slots=True)
 class Ok:
-    """The last run succeeded and produced `values`."""
+    """The last run succeeded at `at`, took `duration` seconds and produced `values`."""
 
     values: Values
+    at: Instant
+    duration: float
 
 
 @dataclass(frozen=True, slots=True)
 class Failing:
-    """The last `runs` runs failed (in a row); the latest for `reason`. `values` are the last
-    success's, served while they are fresh (the query's `stale_after`), then none."""
+    """The last `runs` runs failed (in a row); the latest for `reason`, after `duration`
+    seconds. `last_success` is the success before them, if any; `values` are its values,
+    served while they are fresh (the query's `stale_after`), then none."""
 
     reason: ErrorReason
-    runs: int = 1
+    runs: int
+    duration: float
+    last_success: Instant | None = None
     values: Values = NO_VALUES
 
 
@@ -95,13 +104,11 @@ def is_up(status: Status) -> bool | None:
 
 @dataclass(frozen=True, slots=True)
 class Outcome:
-    """What one run of one query produced: values (from `row_count` rows), a classified
-    error, or a skip."""
+    """What one run of one query produced: values, a classified error, or a skip."""
 
     query: Query
     duration: float
     result: Values | QueryError | Skipped
-    row_count: int = 0
 
     @property
     def error(self) -> QueryError | None:
@@ -147,8 +154,6 @@ class Snapshot:
 
     query: Query
     status: Status = NEVER_RUN
-    duration: float | None = None
-    last_success: Instant | None = None
     last_error: LastError | None = None
     runs: int = 0
     errors: Mapping[ErrorReason, int] = field(default_factory=lambda: _NO_ERRORS)
@@ -161,6 +166,26 @@ class Snapshot:
                 return values
             case NeverRun() | Skipped():
                 return NO_VALUES
+
+    @property
+    def duration(self) -> float | None:
+        """How long the last run took; None if none ran."""
+        match self.status:
+            case Ok(duration=duration) | Failing(duration=duration):
+                return duration
+            case NeverRun() | Skipped():
+                return None
+
+    @property
+    def last_success(self) -> Instant | None:
+        """When the query last succeeded (since it last started over), if ever."""
+        match self.status:
+            case Ok(at=at):
+                return at
+            case Failing(last_success=at):
+                return at
+            case NeverRun() | Skipped():
+                return None
 
     def carried_to(self, query: Query) -> Snapshot:
         """This query's counters under a changed definition (after a reload); values start over:
@@ -208,9 +233,7 @@ def transition(prev: Snapshot, outcome: Outcome, now: Instant) -> tuple[Snapshot
         return (
             Snapshot(
                 prev.query,
-                status=Ok(result),
-                duration=outcome.duration,
-                last_success=now,
+                status=Ok(result, now, outcome.duration),
                 last_error=prev.last_error,
                 runs=runs,
                 errors=prev.errors,
@@ -227,9 +250,10 @@ def transition(prev: Snapshot, outcome: Outcome, now: Instant) -> tuple[Snapshot
         events.append(
             Event(level, "query_failed", {"reason": error.reason.value, "error": error.message})
         )
+    last_success = prev.last_success
     fresh = (
-        prev.last_success is not None
-        and now.monotonic - prev.last_success.monotonic <= prev.query.stale_after
+        last_success is not None
+        and now.monotonic - last_success.monotonic <= prev.query.stale_after
     )
     if not fresh and prev.values.series:
         events.append(
@@ -241,10 +265,11 @@ def transition(prev: Snapshot, outcome: Outcome, now: Instant) -> tuple[Snapshot
             status=Failing(
                 error.reason,
                 1 if failing is None else failing.runs + 1,
+                outcome.duration,
+                last_success,
                 prev.values if fresh else NO_VALUES,
             ),
             last_error=LastError(f"{error.reason}: {error.message}", now),
-            duration=outcome.duration,
             runs=runs,
             errors=MappingProxyType(errors),
         ),

@@ -84,7 +84,7 @@ def at(seconds: float, wall_offset: float = 1_700_000_000.0) -> Instant:
 def ok(snapshot: Snapshot, series: int = 1) -> Outcome:
     metric = snapshot.query.metrics[0]
     families = (Family(metric, tuple(Sample((), float(i)) for i in range(series))),)
-    return Outcome(snapshot.query, 0.01, Values(families, VALUES), row_count=series)
+    return Outcome(snapshot.query, 0.01, Values(families, VALUES, rows=series))
 
 
 def failed(snapshot: Snapshot, reason: ErrorReason = ErrorReason.CONNECTION) -> Outcome:
@@ -99,7 +99,7 @@ def test_a_success_installs_values_and_counts_the_run(config: Config) -> None:
     start = Snapshot(config.enabled[0])
     after, events = transition(start, ok(start), at(5))
     assert after.values.fragment == VALUES
-    assert after.status == Ok(ok(start).values)
+    assert after.status == Ok(ok(start).values, at(5), 0.01)
     assert after.values.series == 1
     assert after.runs == 1
     assert after.last_success == at(5)
@@ -112,7 +112,7 @@ def test_values_are_kept_while_fresh_then_withdrawn_once(config: Config) -> None
     s, events = transition(s, failed(s), at(29))
     assert s.values.fragment == VALUES, "a failure within stale_after keeps the last values"
     assert s.values.series == 1
-    assert s.status == Failing(ErrorReason.CONNECTION, runs=1, values=s.values)
+    assert s.status == Failing(ErrorReason.CONNECTION, 1, 0.02, at(0), s.values)
     assert names(events) == ["query_failed"]
     s, events = transition(s, failed(s), at(30.5))
     assert s.values.fragment.text == b"", "past stale_after the values go"
@@ -121,7 +121,7 @@ def test_values_are_kept_while_fresh_then_withdrawn_once(config: Config) -> None
     s, events = transition(s, failed(s), at(60))
     assert events == [], "withdrawn once, failing reported once"
     assert s.errors == {ErrorReason.CONNECTION: 3}
-    assert s.status == Failing(ErrorReason.CONNECTION, runs=3), "values withdrawn"
+    assert s.status == Failing(ErrorReason.CONNECTION, 3, 0.02, at(0)), "values withdrawn"
     assert s.runs == 4
 
 
