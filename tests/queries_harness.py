@@ -83,7 +83,12 @@ async def until_sessions(conn: asyncpg.Connection, where: str, count: int = 1) -
         f" AND datname = current_database() AND ({where})"
     )
     deadline = asyncio.get_running_loop().time() + 20
-    while await conn.fetchval(sql) < count:
+    while True:
+        # Inside a transaction pg_stat_activity is read once and kept (stats_fetch_consistency);
+        # the holder of a lock polls from its own open transaction.
+        await conn.execute("SELECT pg_stat_clear_snapshot()")
+        if await conn.fetchval(sql) >= count:
+            return
         if asyncio.get_running_loop().time() > deadline:
             raise AssertionError(f"no {count} session(s) where {where} after 20 s")
         await asyncio.sleep(0.02)

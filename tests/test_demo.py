@@ -84,9 +84,19 @@ def test_demo_serves_a_living_homepage_and_cleans_up(flavour: str) -> None:
         sock.bind(("127.0.0.1", port))
 
 
+# Ctrl-C as a terminal delivers it to a foreground job: whatever the suite inherited (a job
+# started in the background by a script has SIGINT ignored, and so would every process it
+# starts, the demo included), the demo starts with SIGINT's default disposition; exec keeps
+# the pid, so the demo's children are still this process's.
+_FOREGROUND = (
+    "import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL);"
+    " os.execv(sys.executable, [sys.executable, *sys.argv[1:]])"
+)
+
+
 def _demo(env: dict[str, str], *args: str) -> subprocess.Popen[str]:
     return subprocess.Popen(
-        [sys.executable, "-m", "exporter", "demo", *args],
+        [sys.executable, "-c", _FOREGROUND, "-m", "exporter", "demo", *args],
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
