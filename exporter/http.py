@@ -14,7 +14,7 @@ import asyncio
 import contextlib
 import errno
 import html
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from types import TracebackType
 from typing import Self
 
@@ -83,7 +83,7 @@ class HttpServer:
             for fmt in Format
             for encoding in Encoding
         }
-        self._routes: dict[str, Callable[[web.BaseRequest], web.Response]] = {
+        self._routes: dict[str, Callable[[web.BaseRequest], Awaitable[web.Response]]] = {
             "/metrics": self._metrics,
             "/probe": self._probe,
             "/healthz": self._healthz,
@@ -117,16 +117,10 @@ class HttpServer:
                             status=401, text="unauthorized\n", headers=UNAUTHORIZED_HEADERS
                         )
                     )
-        if path == "/" and self._status is not None:
-            body = await self._status.current()  # rendered in a worker thread when stale
-            return self._respond(
-                web.Response(body=body, content_type="text/html", charset="utf-8", headers=NO_STORE)
-            )
         route = self._routes.get(path)
-        response = (
-            route(request) if route is not None else web.Response(status=404, text="not found\n")
-        )
-        return self._respond(response)
+        if route is None:
+            return self._respond(web.Response(status=404, text="not found\n"))
+        return self._respond(await route(request))
 
     def _respond(self, response: web.Response) -> web.Response:
         if "Server" not in response.headers:  # pages carry theirs already (_page_headers)
@@ -141,10 +135,10 @@ class HttpServer:
         body = store.page.body(fmt, encoding)
         return web.Response(body=body, headers=self._page_headers[fmt, encoding])
 
-    def _metrics(self, request: web.BaseRequest) -> web.Response:
+    async def _metrics(self, request: web.BaseRequest) -> web.Response:
         return self._page(request, self._store)
 
-    def _probe(self, request: web.BaseRequest) -> web.Response:
+    async def _probe(self, request: web.BaseRequest) -> web.Response:
         """Prometheus's multi-target pattern: /probe?target=NAME serves that target's page."""
         if not self._probes:
             return web.Response(status=404, text="no targets file: scrape /metrics\n")
@@ -156,19 +150,19 @@ class HttpServer:
             return web.Response(status=404, text="unknown target\n")
         return self._page(request, store)
 
-    def _healthz(self, request: web.BaseRequest) -> web.Response:
+    async def _healthz(self, request: web.BaseRequest) -> web.Response:
         return web.Response(text="ok\n")
 
-    def _readyz(self, request: web.BaseRequest) -> web.Response:
+    async def _readyz(self, request: web.BaseRequest) -> web.Response:
         if self._ready():
             return web.Response(text="ready\n")
         return web.Response(status=503, text="database unreachable\n")
 
-    def _landing(self, request: web.BaseRequest) -> web.Response:
-        """Without a status page (tests of the server alone): links to the other paths."""
-        return web.Response(
-            body=_landing("/metrics"), content_type="text/html", charset="utf-8", headers=NO_STORE
-        )
+    async def _landing(self, request: web.BaseRequest) -> web.Response:
+        """The status page (rendered in a worker thread when stale); without one (the server
+        tested alone), links to the other paths."""
+        body = await self._status.current() if self._status is not None else _landing("/metrics")
+        return web.Response(body=body, content_type="text/html", charset="utf-8", headers=NO_STORE)
 
     # --- lifecycle ------------------------------------------------------------------------
 

@@ -66,6 +66,10 @@ class Ok:
     at: Instant
     duration: float
 
+    @property
+    def last_success(self) -> Instant:
+        return self.at
+
 
 @dataclass(frozen=True, slots=True)
 class Failing:
@@ -161,31 +165,17 @@ class Snapshot:
     @property
     def values(self) -> Values:
         """What is served for the query: the last success's while fresh, else none."""
-        match self.status:
-            case Ok(values) | Failing(values=values):
-                return values
-            case NeverRun() | Skipped():
-                return NO_VALUES
+        return self.status.values if isinstance(self.status, Ok | Failing) else NO_VALUES
 
     @property
     def duration(self) -> float | None:
         """How long the last run took; None if none ran."""
-        match self.status:
-            case Ok(duration=duration) | Failing(duration=duration):
-                return duration
-            case NeverRun() | Skipped():
-                return None
+        return self.status.duration if isinstance(self.status, Ok | Failing) else None
 
     @property
     def last_success(self) -> Instant | None:
         """When the query last succeeded (since it last started over), if ever."""
-        match self.status:
-            case Ok(at=at):
-                return at
-            case Failing(last_success=at):
-                return at
-            case NeverRun() | Skipped():
-                return None
+        return self.status.last_success if isinstance(self.status, Ok | Failing) else None
 
     def carried_to(self, query: Query) -> Snapshot:
         """This query's counters under a changed definition (after a reload); values start over:

@@ -14,13 +14,14 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, cast
 from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
 
 from exporter.db import Database
 from exporter.errors import ConfigError, ErrorReason, QueryError, describe
+from exporter.schema import Param
 from exporter.settings import Settings, read_password_file
 from exporter.yamlfile import read_yaml
 
@@ -98,10 +99,14 @@ class Target:
     name: str
     database: DatabaseSpec
     params: Mapping[str, object]
-    locales: tuple[str, ...]  # also in params; triage's drill-downs read them
     max_series_per_query: int
     ping_interval: float
     in_targets_file: bool  # served at /probe?target=NAME and named in logs, not at /metrics
+
+    @property
+    def locales(self) -> list[str]:
+        """The locales its queries take (Settings.query_params puts a list of them there)."""
+        return cast(list[str], self.params[Param.LOCALES])
 
     @classmethod
     def of(cls, name: str, settings: Settings, *, in_targets_file: bool) -> Target:
@@ -109,7 +114,6 @@ class Target:
             name,
             DatabaseSpec.of(settings),
             settings.query_params(),
-            settings.locales,
             settings.max_series_per_query,
             settings.ping_interval,
             in_targets_file,

@@ -77,6 +77,12 @@ def homepage(pg: Cluster, db: str) -> str:
     return db
 
 
+def blocked_sessions(pg: Cluster, database: str) -> int:
+    """Sessions of `database` waiting on another's lock, as the server says now."""
+    sql = "SELECT count(*) FROM pg_stat_activity WHERE cardinality(pg_blocking_pids(pid)) > 0"
+    return int(pg.psql(sql, database=database).strip())
+
+
 def test_a_healthy_homepage_is_no_incident(pg: Cluster, homepage: str) -> None:
     code, out, _ = run(exporter_dsn(pg, homepage))
     assert code == 0, out
@@ -257,13 +263,7 @@ def test_p3_a_forgotten_session_blocks_the_homepage(pg: Cluster, homepage: str) 
         )
         waiter = pg.psql_session("SELECT count(*) FROM section_products /* homepage */", homepage)
         wait_for(
-            lambda: (
-                pg.psql(
-                    "SELECT count(*) FROM pg_stat_activity WHERE cardinality(pg_blocking_pids(pid)) > 0",
-                    database=homepage,
-                ).strip()
-                == "1"
-            ),
+            lambda: blocked_sessions(pg, homepage) == 1,
             10,
             "a blocked session",
         )
@@ -285,13 +285,7 @@ def test_p3_a_forgotten_session_blocks_the_homepage(pg: Cluster, homepage: str) 
         # The printed cancel, run: the blocker's statement stops, its lock goes, nothing waits.
         pg.psql(f"SELECT pg_cancel_backend({blocker});", database=homepage)
         wait_for(
-            lambda: (
-                pg.psql(
-                    "SELECT count(*) FROM pg_stat_activity WHERE cardinality(pg_blocking_pids(pid)) > 0",
-                    database=homepage,
-                ).strip()
-                == "0"
-            ),
+            lambda: blocked_sessions(pg, homepage) == 0,
             20,
             "the waiting session to go on",
         )
