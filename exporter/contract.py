@@ -153,7 +153,12 @@ async def first_missing(
         return None
     key = tuple(needs)
     now = clock()
-    seen = _cache.setdefault(db, {}).get(key)
+    if db not in _cache:
+        _cache[db] = {}
+        # The server that answers after an outage may be another one (a restore, a failover):
+        # what its catalog said before is not asked for a minute more.
+        db.on_reconnect(lambda: _cache.get(db, {}).clear())
+    seen = _cache[db].get(key)
     if seen is not None and now - seen[0] < CACHE_SECONDS:
         return seen[1]
     kinds: list[str] = []

@@ -92,3 +92,22 @@ def test_a_migration_is_seen_within_the_cache_minute(pg: Cluster, db: str) -> No
         return fresh
 
     assert asyncio.run(ask()) is None
+
+
+def test_a_reconnect_asks_the_catalog_again_at_once(pg: Cluster, db: str) -> None:
+    """After an outage the server may be another one (a restore, a failover): the contract's
+    cached answers go with the old connections, not a minute later."""
+    need = parse_need("section_schedules(status, executed_at)")
+
+    async def ask() -> tuple[Requirement | None, Requirement | None]:
+        (target,) = load_targets(settings_for(pg, db))
+        async with target.database.open() as database:
+            first = await first_missing(database, [need], 5, clock=lambda: 0.0)
+            pg.psql("ALTER TABLE section_schedules ADD COLUMN executed_at timestamptz", database=db)
+            database.connection_lost()
+            await database.reconnected()
+            return first, await first_missing(database, [need], 5, clock=lambda: 0.0)
+
+    first, after = asyncio.run(ask())
+    assert first is not None
+    assert after is None, "the answer from before the outage was kept"
