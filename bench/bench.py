@@ -38,7 +38,6 @@ sys.path.insert(0, str(ROOT))
 
 from bench import peers  # noqa: E402
 from exporter.config import Config, load_config  # noqa: E402
-from exporter.db import bounded  # noqa: E402
 from exporter.demo.cluster import Cluster, free_port  # noqa: E402
 from exporter.demo.database import EXPORTER_ROLE, create_cms_database, sql_file  # noqa: E402
 from exporter.runner import run_query  # noqa: E402
@@ -92,11 +91,6 @@ class Server:
     stop: Callable[[], None]
 
 
-def statement_key(sql: str) -> str:
-    """Comparable start of a statement: pg_stat_statements stores constants as $n."""
-    return re.sub(r"\$\d+|\b\d+\b", "?", " ".join(sql.split()))[:60]
-
-
 def contains(marker: str) -> Callable[[bytes], bool]:
     """A readiness test: the body mentions `marker`."""
     encoded = marker.encode()
@@ -108,13 +102,34 @@ def reports_queries(expected: int) -> Callable[[bytes], bool]:
     return lambda body: len(Scrape(body.decode()).all("homepage_exporter_query_up")) == expected
 
 
-async def run_each(settings: Settings, config: Config, runs: int) -> None:
-    """Every enabled query `runs` times, one after the other, as the exporter role."""
+async def cost_per_run(
+    settings: Settings, config: Config, pg: Cluster, database: str, runs: int
+) -> dict[str, float]:
+    """Server time (ms) of one run of each enabled query, as the exporter role runs it.
+
+    Each query on its own: one warm-up run (statement cache, type introspection), then
+    pg_stat_statements reset, `runs` runs, and everything the exporter's roles executed in the
+    meantime summed. Matching statements by their text missed some twice (pg_stat_statements
+    rewrites constants, and a query run once per locale is several calls per run); a reset per
+    query charges a query everything its runs cost and nothing else.
+    """
     (target,) = load_targets(settings)
+    out: dict[str, float] = {}
+    totals = (
+        "SELECT coalesce(sum(s.total_exec_time), 0) FROM pg_stat_statements s"
+        " JOIN pg_roles r ON r.oid = s.userid"
+        f" WHERE r.rolname IN ('{EXPORTER_ROLE}', 'anon', 'authenticated')"
+        " AND s.dbid = (SELECT oid FROM pg_database WHERE datname = current_database())"
+        " AND s.query NOT LIKE '%pg_stat_statements_reset%'"
+    )
     async with target.database.open() as db:
-        for _ in range(runs):
-            for query in config.enabled:
+        for query in config.enabled:
+            await run_query(db, query, target.params, settings.max_series_per_query)
+            pg.psql("SELECT pg_stat_statements_reset()", database=database)
+            for _ in range(runs):
                 await run_query(db, query, target.params, settings.max_series_per_query)
+            out[query.name] = float(pg.psql(totals, database=database)) / runs
+    return out
 
 
 def wait_listening(port: int, seconds: float = 30) -> None:
@@ -477,28 +492,10 @@ def database_load(ctx: Context) -> dict[str, dict[str, float]]:
                 "media_storage_quota_bytes": 10**12,
             }
         )
-        ctx.pg.psql("SELECT pg_stat_statements_reset()", database=database)
-        asyncio.run(run_each(settings, config, runs=3))
-        # Mean execution time per statement as the server measured it, times runs per hour.
-        rows = ctx.pg.psql(
-            # One line per statement: query texts span lines, psql rows must not.
-            "SELECT regexp_replace(s.query, '\\s+', ' ', 'g'), s.calls, s.total_exec_time"
-            " FROM pg_stat_statements s"
-            " JOIN pg_roles r ON r.oid = s.userid WHERE r.rolname IN ('homepage_exporter', 'anon')"
-            " AND s.dbid = (SELECT oid FROM pg_database WHERE datname = current_database())",
-            database=database,
-        )
-        stats = [line.rsplit("|", 2) for line in rows.splitlines() if line.count("|") >= 2]
-        per_hour_ms = 0.0
-        per_query: dict[str, float] = {}
-        for query in config.enabled:
-            head = statement_key(bounded(query.sql, 1))  # as the exporter sends it
-            for text, calls, total in stats:
-                if statement_key(text) == head:
-                    cost = float(total) / int(calls) * 3600 / query.interval
-                    per_query[query.name] = cost
-                    per_hour_ms += cost
-                    break
+        per_run = asyncio.run(cost_per_run(settings, config, ctx.pg, database, runs=3))
+        # Server time of one run, times the runs an hour at the shipped intervals.
+        per_query = {q.name: per_run[q.name] * 3600 / q.interval for q in config.enabled}
+        per_hour_ms = sum(per_query.values())
         top = sorted(per_query.items(), key=lambda kv: -kv[1])[:6]
         print("  per query, ms/hour: " + ", ".join(f"{n} {v:.0f}" for n, v in top), flush=True)
         size = ctx.pg.psql(f"SELECT pg_database_size('{database}')", database=database)
@@ -550,6 +547,15 @@ def memory_and_startup(ctx: Context) -> dict[str, float]:
 # --- report -----------------------------------------------------------------------------------
 
 
+def version(command: list[str], stream: str = "stdout") -> str:
+    """First line a peer prints about its version; 'not installed' (an --only run needs none)."""
+    try:
+        done = subprocess.run(command, capture_output=True, text=True)
+    except FileNotFoundError:
+        return "not installed"
+    return str(getattr(done, stream)).strip().split("\n")[0]
+
+
 def machine() -> dict[str, str]:
     cpu = next(
         (
@@ -560,16 +566,10 @@ def machine() -> dict[str, str]:
         platform.processor(),
     )
     versions = {
-        "postgres_exporter": subprocess.run(
-            ["prometheus-postgres-exporter", "--version"], capture_output=True, text=True
-        ).stderr.split("\n")[0],
-        "query-exporter": subprocess.run(
-            [str(QE_VENV / "bin" / "query-exporter"), "--version"], capture_output=True, text=True
-        ).stdout.strip(),
-        "nginx": subprocess.run(["nginx", "-v"], capture_output=True, text=True).stderr.strip(),
-        "wrk": subprocess.run(["wrk", "--version"], capture_output=True, text=True).stdout.split(
-            "\n"
-        )[0],
+        "postgres_exporter": version(["prometheus-postgres-exporter", "--version"], "stderr"),
+        "query-exporter": version([str(QE_VENV / "bin" / "query-exporter"), "--version"]),
+        "nginx": version(["nginx", "-v"], "stderr"),
+        "wrk": version(["wrk", "--version"]),
     }
     return {
         "cpu": f"{os.cpu_count()} x {cpu}",
