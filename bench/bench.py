@@ -341,6 +341,7 @@ class Context:
     pg: Cluster
     tmp: Path
     quick: bool
+    baseline: str | None = None
 
     def dsn(self, database: str = "cms") -> str:
         return self.pg.url(EXPORTER_ROLE, EXPORTER_PASSWORD, database)
@@ -476,10 +477,22 @@ def isolation(ctx: Context) -> dict[str, dict[str, tuple[float, float]]]:
     return out
 
 
-def database_load(ctx: Context) -> dict[str, dict[str, float]]:
-    """Database time per hour of the shipped query set, from pg_stat_statements, at 1x and 10x."""
-    out = {}
-    config = load_config(SHIPPED_QUERIES)
+def database_load(ctx: Context) -> dict[str, dict[str, Any]]:
+    """Database time per hour of the shipped query set, from pg_stat_statements, at 1x and 10x;
+    with `--baseline REF`, also that of REF's queries.yaml on the same database in the same run."""
+    out: dict[str, dict[str, Any]] = {}
+    configs = {"this tree": load_config(SHIPPED_QUERIES)}
+    if ctx.baseline:
+        old = ctx.tmp / "baseline-queries.yaml"
+        old.write_bytes(
+            subprocess.run(
+                ["git", "show", f"{ctx.baseline}:queries.yaml"],
+                cwd=ROOT,
+                check=True,
+                capture_output=True,
+            ).stdout
+        )
+        configs["baseline"] = load_config(old)
     for scale in ("1", "10"):
         database = f"cms_scale{scale}"
         print(f"database load: {scale}x (building the fixture)", flush=True)
@@ -492,19 +505,26 @@ def database_load(ctx: Context) -> dict[str, dict[str, float]]:
                 "media_storage_quota_bytes": 10**12,
             }
         )
-        per_run = asyncio.run(cost_per_run(settings, config, ctx.pg, database, runs=3))
-        # Server time of one run, times the runs an hour at the shipped intervals.
-        per_query = {q.name: per_run[q.name] * 3600 / q.interval for q in config.enabled}
-        per_hour_ms = sum(per_query.values())
-        top = sorted(per_query.items(), key=lambda kv: -kv[1])[:6]
-        print("  per query, ms/hour: " + ", ".join(f"{n} {v:.0f}" for n, v in top), flush=True)
         size = ctx.pg.psql(f"SELECT pg_database_size('{database}')", database=database)
-        out[f"{scale}x"] = {
-            "db_seconds_per_hour": per_hour_ms / 1000,
-            "core_percent": per_hour_ms / 1000 / 3600 * 100,
-            "database_bytes": float(size),
-        }
-        print(f"  {out[f'{scale}x']}", flush=True)
+        row: dict[str, Any] = {"database_bytes": float(size)}
+        for name, config in configs.items():
+            per_run = asyncio.run(cost_per_run(settings, config, ctx.pg, database, runs=3))
+            # Server time of one run, times the runs an hour at the shipped intervals.
+            per_query = {q.name: per_run[q.name] * 3600 / q.interval for q in config.enabled}
+            per_hour_ms = sum(per_query.values())
+            top = dict(sorted(per_query.items(), key=lambda kv: -kv[1])[:6])
+            print(
+                f"  {name}: {per_hour_ms / 1000:.2f} s/h; per query, ms/hour: "
+                + ", ".join(f"{n} {v:.0f}" for n, v in top.items()),
+                flush=True,
+            )
+            prefix = "" if name == "this tree" else "baseline_"
+            row[f"{prefix}db_seconds_per_hour"] = per_hour_ms / 1000
+            row[f"{prefix}core_percent"] = per_hour_ms / 1000 / 3600 * 100
+            row[f"{prefix}top_ms_per_hour"] = top
+        if ctx.baseline:
+            row["baseline"] = ctx.baseline
+        out[f"{scale}x"] = row
         ctx.pg.psql(f'DROP DATABASE "{database}" WITH (FORCE)')
     return out
 
@@ -583,6 +603,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="short runs, one repeat")
     parser.add_argument("--only", choices=["throughput", "isolation", "load", "memory"])
+    parser.add_argument(
+        "--baseline", help="git ref whose queries.yaml the load part also measures, same run"
+    )
     args = parser.parse_args()
     results_file = ROOT / "bench" / "out" / "results.json"
     results_file.parent.mkdir(parents=True, exist_ok=True)
@@ -592,7 +615,7 @@ def main() -> int:
     with Cluster(cron_database="cms") as pg, tempfile.TemporaryDirectory() as folder:
         create_cms_database(pg, "cms", exporter_password=EXPORTER_PASSWORD)
         pg.psql_file(sql_file("seed.sql"), database="cms")
-        ctx = Context(pg, Path(folder), args.quick)
+        ctx = Context(pg, Path(folder), args.quick, args.baseline)
         plan: dict[str, Callable[[Context], Any]] = {
             "throughput": throughput,
             "isolation": isolation,

@@ -148,17 +148,28 @@ def write_report(results: dict[str, Any], path: Path, plots: Path) -> None:
         lines += [
             "## 3. Load on the database",
             "",
-            "Server-side execution time of the shipped query set (pg_stat_statements mean"
-            " per statement x runs per hour at the shipped intervals); one pool of at most"
-            " `POOL_SIZE` (2) connections.",
+            "Server-side execution time of the shipped query set: each query run alone, its"
+            " runs charged everything the exporter's roles executed between two resets of"
+            " pg_stat_statements (a query run once per locale makes a call per locale), times"
+            " its runs per hour at the shipped intervals; one pool of at most `POOL_SIZE` (2)"
+            " connections.",
             "",
-            "| data | database size | DB seconds per hour | share of one core |",
-            "|---|---|---|---|",
+            "| data | database size | DB seconds per hour | share of one core | baseline"
+            " (same run) | vs baseline | most costly, ms per hour |",
+            "|---|---|---|---|---|---|---|",
         ]
         for scale, row in results["load"].items():
+            base = row.get("baseline_db_seconds_per_hour")
+            versus = (
+                (f"{base:.2f} s/h ({row['baseline']})", f"{row['db_seconds_per_hour'] / base:.2f}x")
+                if base
+                else ("", "")
+            )
+            top = ", ".join(f"{n} {v:,.0f}" for n, v in row.get("top_ms_per_hour", {}).items())
             lines.append(
                 f"| {scale} | {row['database_bytes'] / 2**20:,.0f} MiB |"
                 f" {row['db_seconds_per_hour']:.2f} | {row['core_percent']:.4f} % |"
+                f" {versus[0]} | {versus[1]} | {top} |"
             )
             if scale == "10x":
                 goals.append(
