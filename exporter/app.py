@@ -20,10 +20,12 @@ from collections.abc import Callable, Sequence
 from functools import partial
 from typing import TextIO
 
+import uvloop
+
 from exporter.allocator import malloc_trim
 from exporter.config import Config, load_config
 from exporter.errors import ConfigError, QueryError
-from exporter.http import HttpServer
+from exporter.http import HttpServer, ThreadedServer
 from exporter.logs import Redactor, get_logger
 from exporter.runner import ping, reachable, run_query
 from exporter.scheduler import Budgeted, LogBudget, Pinger, Scheduler, Slot, log_events
@@ -124,7 +126,7 @@ class Daemon:
             databases = {
                 t.name: await stack.enter_async_context(t.database.open()) for t in self.targets
             }
-            http = HttpServer(
+            served = HttpServer(
                 metrics,
                 self.settings.listen,
                 ready=self.ready,
@@ -132,7 +134,7 @@ class Daemon:
                 probes=probes,
                 status=self.status,
             )
-            async with http:
+            async with ThreadedServer(served, uvloop.new_event_loop) as http:
                 self.log.info(
                     "listening",
                     address=",".join(http.bound),
