@@ -20,12 +20,10 @@ from collections.abc import Callable, Sequence
 from functools import partial
 from typing import TextIO
 
-import uvloop
-
 from exporter.allocator import malloc_trim
 from exporter.config import Config, load_config
 from exporter.errors import ConfigError, QueryError
-from exporter.http import HttpServer, ThreadedServer
+from exporter.http import HttpServer
 from exporter.logs import Redactor, get_logger
 from exporter.runner import ping, reachable, run_query
 from exporter.scheduler import Budgeted, LogBudget, Pinger, Scheduler, Slot, log_events
@@ -126,7 +124,7 @@ class Daemon:
             databases = {
                 t.name: await stack.enter_async_context(t.database.open()) for t in self.targets
             }
-            served = HttpServer(
+            http = HttpServer(
                 metrics,
                 self.settings.listen,
                 ready=self.ready,
@@ -134,7 +132,7 @@ class Daemon:
                 probes=probes,
                 status=self.status,
             )
-            async with ThreadedServer(served, uvloop.new_event_loop) as http:
+            async with http:
                 self.log.info(
                     "listening",
                     address=",".join(http.bound),

@@ -109,8 +109,7 @@ class Page:
     @classmethod
     def assemble(cls, fragments: Iterable[Fragment], *, replacing: Page | None = None) -> Page:
         page = cls(tuple(fragments))
-        # A copy: the HTTP thread may add to the set meanwhile (http.ThreadedServer).
-        for fmt, encoding in tuple(replacing._served) if replacing is not None else ():
+        for fmt, encoding in replacing._served if replacing is not None else ():
             page._make(fmt, encoding)
         return page
 

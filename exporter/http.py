@@ -5,9 +5,7 @@ in front of it for plain HTTP and TLS alike (connection cap, handshake and head 
 head size, write flow control); `exporter.exposition` picks the format and encoding a client
 asked for. The handlers hand out bytes that already exist (`Page.body`) and write nothing
 anywhere; only `/` may render, the status page for people, at most once in its freshness
-window and in a worker thread (`StatusPage.current`). The daemon runs the server on an event
-loop of its own, in a thread of its own (`ThreadedServer`), so that no request waits behind
-the runs of the queries.
+window and in a worker thread (`StatusPage.current`).
 """
 
 from __future__ import annotations
@@ -16,7 +14,6 @@ import asyncio
 import contextlib
 import errno
 import html
-import threading
 from collections.abc import Awaitable, Callable, Mapping
 from types import TracebackType
 from typing import Self
@@ -243,59 +240,3 @@ def _bind_error(listen: ListenAddress, exc: OSError) -> str:
 def _format_address(name: tuple[str, int] | tuple[str, int, int, int]) -> str:
     host, port = name[0], name[1]
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
-
-class ThreadedServer:
-    """An `HttpServer` entered and exited on an event loop of its own, in a thread of its own:
-    `async with ThreadedServer(server, new_loop) as server:` in the daemon's loop.
-
-    Why: on the daemon's loop a request waited its turn behind whatever the runs of the
-    queries had queued (with 500 targets, about 230 runs a second, 2 ms of CPU each): /probe's
-    p99 was 18 ms where handling one takes under 2 (bench/fleet.py). On a loop of its own a
-    request waits only for the GIL, which CPython hands over within its switch interval.
-    What the handlers touch from here is safe to read across threads: a store's `page` is
-    replaced whole, a page's bodies are made once (two threads making the same one make equal
-    bytes), `ready()` reads booleans, and the status page renders in a worker thread anyway.
-    """
-
-    def __init__(
-        self, server: HttpServer, new_loop: Callable[[], asyncio.AbstractEventLoop]
-    ) -> None:
-        self._server = server
-        self._loop = new_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, name="http", daemon=True)
-
-    async def _on_own_loop(self, step: Awaitable[object]) -> None:
-        future = asyncio.run_coroutine_threadsafe(_awaited(step), self._loop)
-        await asyncio.wrap_future(future)
-
-    async def __aenter__(self) -> HttpServer:
-        self._thread.start()
-        try:
-            await self._on_own_loop(self._server.__aenter__())
-        except BaseException:
-            await self._close()
-            raise
-        return self._server
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        try:
-            await self._on_own_loop(self._server.__aexit__(exc_type, exc, tb))
-        finally:
-            await self._close()
-
-    async def _close(self) -> None:
-        with contextlib.suppress(RuntimeError):  # the loop already stopped
-            await self._on_own_loop(self._loop.shutdown_default_executor())
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        await asyncio.to_thread(self._thread.join)
-        self._loop.close()
-
-
-async def _awaited(step: Awaitable[object]) -> None:
-    await step

@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import re
-import socket
-import threading
-import time
 from collections.abc import Awaitable, Callable
 
 import pytest
@@ -14,7 +11,7 @@ import pytest
 from exporter import guard
 from exporter.config import load_config
 from exporter.demo.cluster import free_port
-from exporter.http import HttpServer, ThreadedServer
+from exporter.http import HttpServer
 from exporter.settings import SHIPPED_QUERIES, ListenAddress
 from exporter.store import TargetStore
 
@@ -136,41 +133,3 @@ def test_a_client_that_never_finishes_its_head_is_cut_off(
         writer.close()
 
     run(scenario)
-
-
-def test_a_scrape_is_answered_while_the_daemons_loop_is_busy() -> None:
-    """ThreadedServer: a request does not wait for the daemon's event loop. Here that loop
-    spins in Python for up to 20 s, holding the GIL but for CPython's switch interval; the
-    scrape, made from another thread, is answered long before the spin would end (it ends as
-    soon as the answer is in)."""
-    answered = threading.Event()
-    got: list[bytes] = []
-
-    def scrape(port: int) -> None:
-        with socket.create_connection(("127.0.0.1", port), timeout=20) as sock:
-            sock.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-            while chunk := sock.recv(65536):
-                got.append(chunk)
-        answered.set()
-
-    async def main() -> float:
-        port = free_port()
-        server = HttpServer(
-            TargetStore(load_config(SHIPPED_QUERIES)),
-            ListenAddress("127.0.0.1", port),
-            ready=lambda: True,
-        )
-        async with ThreadedServer(server, asyncio.new_event_loop):
-            client = threading.Thread(target=scrape, args=(port,))
-            started = time.monotonic()
-            client.start()
-            while not answered.is_set() and time.monotonic() - started < 20:
-                pass  # the daemon's loop, busy: no await, the GIL held
-            spun = time.monotonic() - started
-            await asyncio.to_thread(client.join)
-        return spun
-
-    spun = asyncio.run(main())
-    assert answered.is_set(), "no answer while the daemon's loop was busy"
-    assert b"".join(got).startswith(b"HTTP/1.1 200 OK")
-    assert spun < 20
