@@ -257,3 +257,41 @@ def test_triage_runs_every_check_within_its_deadline_at_ten_times(
     assert report.unreachable is None
     assert report.failed == {}
     assert report.exit_code in (0, 1, 2, 3)
+
+
+def nested_plans(pg: Cluster, database: str, sql: str) -> list[dict[str, Any]]:
+    """The plans of every statement `sql` runs, its functions' own included (auto_explain,
+    its log lines sent to this client): what EXPLAIN of a function call does not show."""
+
+    async def logged() -> list[str]:
+        conn = await asyncpg.connect(pg.url(database=database))
+        lines: list[str] = []
+        conn.add_log_listener(lambda _conn, message: lines.append(message.message))
+        try:
+            for setting in (
+                "LOAD 'auto_explain'",
+                "SET auto_explain.log_min_duration = 0",
+                "SET auto_explain.log_nested_statements = on",
+                "SET auto_explain.log_format = json",
+                "SET client_min_messages = log",
+            ):
+                await conn.execute(setting)
+            await conn.fetch(sql)
+            await asyncio.sleep(0)  # the listener runs on the loop: let it take the last line
+        finally:
+            await conn.close()
+        return lines
+
+    return [json.loads(line.split("plan:", 1)[1])["Plan"] for line in asyncio.run(logged())]
+
+
+def test_what_is_live_is_counted_through_the_section_index(pg: Cluster, at: str) -> None:
+    """homepage_render's `live_links()` builds its statement in the database (the link
+    tables' section column comes from their foreign key): at 10x and 100x that statement
+    reads section_products by section, through its index, never whole."""
+    plans = nested_plans(pg, at, "SELECT * FROM homepage_exporter.live_links(ARRAY['en', 'de'])")
+    built = [p for p in plans if "section_products" in json.dumps(p)]
+    assert built, plans
+    text = json.dumps(built)
+    assert "section_products" not in set().union(*(_seq_scans(p) for p in built)), text
+    assert "idx_section_products_section" in text
