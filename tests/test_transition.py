@@ -32,6 +32,7 @@ from exporter.scheduler import (
     next_delay,
     phase,
 )
+from exporter.selfmetrics import target_families
 from exporter.snapshot import (
     NEVER_RUN,
     Event,
@@ -240,6 +241,37 @@ def test_a_served_gzip_body_is_compressed_ahead_by_the_next_render_only(
         store.page.body(Format.TEXT, Encoding.GZIP)
     )
     assert len(compressions) == 4
+
+
+def test_the_targets_own_metrics_are_the_bytes_prometheus_client_would_encode(
+    tmp_path: Path,
+) -> None:
+    """TargetStore splices each query's own samples, encoded when its snapshot changes, under
+    the families' HELP and TYPE lines (store._OwnMetrics): byte for byte what encoding all the
+    snapshots at once gives, in both formats, whatever state each query is in."""
+    path = tmp_path / "queries.yaml"
+    gamma = "  - {name: gamma, help: Third., sql: SELECT 3 AS v, interval: 10s, timeout: 1s,\n"
+    gamma += "     metrics: [{name: test_gamma, help: C., value: v}]}\n"
+    path.write_text(QUERIES + gamma)
+    store = TargetStore(load_config(path))
+
+    def spliced_is_whole() -> None:
+        whole = Fragment.encode(target_families(store.snapshots, database_up=store.database_up))
+        assert store.fragments()[-1] == whole
+
+    spliced_is_whole()  # every query never run
+    alpha, beta, gamma = store.snapshots
+    store.apply(ok(alpha, series=3), at(1))
+    store.apply(failed(beta, ErrorReason.TIMEOUT), at(1))
+    skipped = Outcome(gamma.query, 0.0, Skipped(Requirement(Kind.EXTENSION, 'pg_"cron"\\')))
+    store.apply(skipped, at(1))
+    store.render_now()
+    spliced_is_whole()
+    store.set_database_up(True)
+    store.apply(failed(store.snapshots[0]), at(2))
+    store.apply(ok(store.snapshots[1]), at(2))
+    store.render_now()
+    spliced_is_whole()
 
 
 # --- the scheduler's loops, on a fake clock ------------------------------------------------------
