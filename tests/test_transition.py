@@ -250,9 +250,9 @@ def test_the_targets_own_metrics_are_the_bytes_prometheus_client_would_encode(
     the families' HELP and TYPE lines (store._OwnMetrics): byte for byte what encoding all the
     snapshots at once gives, in both formats, whatever state each query is in."""
     path = tmp_path / "queries.yaml"
-    gamma = "  - {name: gamma, help: Third., sql: SELECT 3 AS v, interval: 10s, timeout: 1s,\n"
-    gamma += "     metrics: [{name: test_gamma, help: C., value: v}]}\n"
-    path.write_text(QUERIES + gamma)
+    third = "  - {name: gamma, help: Third., sql: SELECT 3 AS v, interval: 10s, timeout: 1s,\n"
+    third += "     metrics: [{name: test_gamma, help: C., value: v}]}\n"
+    path.write_text(QUERIES + third)
     store = TargetStore(load_config(path))
 
     def spliced_is_whole() -> None:
