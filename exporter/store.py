@@ -162,14 +162,10 @@ class _OwnMetrics:
         cached = self._per_query.get(snap.query.name)
         if cached is not None and cached[0] is snap:
             return cached
-        alone = Fragment.encode(selfmetrics.target_families((snap,), database_up=False))
-        # The first family is database_up: the target's, not the query's.
-        text = [_split(f)[1] for f in _families(alone.text)[1:]]
-        om = [_split(f)[1] for f in _families(alone.openmetrics)[1:]]
-        # A sample line reads the same in both formats (only counters' comment lines differ):
-        # one copy of each, not two (24 queries' worth per target, kept an interval).
-        om = [t if t == o else o for t, o in zip(text, om, strict=True)]
-        return snap, text, om
+        # Written directly (selfmetrics.query_samples says why); a sample line reads the same
+        # in both formats (only counters' comment lines differ): one copy for both.
+        lines = selfmetrics.query_samples(snap)
+        return snap, lines, lines
 
 
 def _families(encoded: bytes) -> list[bytes]:
