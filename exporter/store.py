@@ -142,51 +142,50 @@ class _OwnMetrics:
     """
 
     def __init__(self) -> None:
-        self._per_query: dict[str, tuple[Snapshot, list[bytes], list[bytes]]] = {}
+        self._per_query: dict[str, tuple[Snapshot, list[bytes]]] = {}
+        # Per database_up, per format: database_up's family whole, then each per-query
+        # family's comment lines (HELP, TYPE), which differ between the formats for counters.
         self._heads: dict[bool, tuple[list[bytes], list[bytes]]] = {}
 
     def fragment(self, snapshots: Sequence[Snapshot], *, database_up: bool) -> Fragment:
         heads = self._heads.get(database_up)
         if heads is None:
             empty = Fragment.encode(selfmetrics.target_families((), database_up=database_up))
-            heads = self._heads[database_up] = (_families(empty.text), _families(empty.openmetrics))
+            heads = self._heads[database_up] = (_heads(empty.text), _heads(empty.openmetrics))
         rows = [self._samples(snap) for snap in snapshots]
         self._per_query = {snap.query.name: row for snap, row in zip(snapshots, rows, strict=True)}
+        # A sample line reads the same in both formats: one list of lines for both.
+        samples = [lines for _, lines in rows]
         text, om = heads
-        return Fragment(
-            text=_splice(text, [r[1] for r in rows]),
-            openmetrics=_splice(om, [r[2] for r in rows]),
-        )
+        return Fragment(text=_splice(text, samples), openmetrics=_splice(om, samples))
 
-    def _samples(self, snap: Snapshot) -> tuple[Snapshot, list[bytes], list[bytes]]:
+    def _samples(self, snap: Snapshot) -> tuple[Snapshot, list[bytes]]:
         cached = self._per_query.get(snap.query.name)
         if cached is not None and cached[0] is snap:
             return cached
-        # Written directly (selfmetrics.query_samples says why); a sample line reads the same
-        # in both formats (only counters' comment lines differ): one copy for both.
-        lines = selfmetrics.query_samples(snap)
-        return snap, lines, lines
+        return snap, selfmetrics.query_samples(snap)  # written directly: it says why
 
 
-def _families(encoded: bytes) -> list[bytes]:
-    """An encoding cut into its families, each starting with its HELP line."""
-    return [b"# HELP " + part for part in encoded.split(b"# HELP ")[1:]]
+def _heads(encoded: bytes) -> list[bytes]:
+    """The first family whole, then each other family's comment lines (HELP, TYPE)."""
+    families = [b"# HELP " + part for part in encoded.split(b"# HELP ")[1:]]
+    return [families[0], *(_comments(f) for f in families[1:])]
 
 
-def _split(family: bytes) -> tuple[bytes, bytes]:
-    """A family's comment lines (HELP, TYPE) and its samples."""
+def _comments(family: bytes) -> bytes:
+    """A family's comment lines (HELP, TYPE), without its samples."""
     end = 0
     while family.startswith(b"#", end):
         end = family.index(b"\n", end) + 1
-    return family[:end], family[end:]
+    return family[:end]
 
 
 def _splice(heads: list[bytes], per_query: list[list[bytes]]) -> bytes:
     """database_up as it is, then each family's comment lines and every query's samples."""
     out = [heads[0]]
-    for i, family in enumerate(heads[1:]):
-        out.append(_split(family)[0])
-        out.extend(samples[i] for samples in per_query)
+    for i, comments in enumerate(heads[1:]):
+        out.append(comments)
+        out.extend([samples[i] for samples in per_query])
     return b"".join(out)
 
 
