@@ -382,7 +382,7 @@ def write(
         " rendered only when someone opens it. Re-rendering a target's own metrics after one"
         " run of the shipped"
         f" queries, measured by this command: {render[0]:.1f} ms encoding them all (before),"
-        f" {render[1]:.1f} ms now (its snapshot replaced: splice and page).",
+        f" {render[1]:.2f} ms now (its snapshot replaced: splice and page).",
         "",
         END,
     ]
