@@ -18,9 +18,12 @@ from exporter.contract import (
     requirement,
 )
 from exporter.demo.cluster import Cluster
+from exporter.demo.database import load_exporter_role
 from exporter.errors import ConfigError
+from exporter.snapshot import Skipped
 from exporter.targets import load_targets
-from tests.queries_harness import settings_for
+from tests.harness import EXPORTER_PASSWORD
+from tests.queries_harness import run_named, settings_for
 
 
 @pytest.mark.parametrize(
@@ -111,3 +114,18 @@ def test_a_reconnect_asks_the_catalog_again_at_once(pg: Cluster, db: str) -> Non
     first, after = asyncio.run(ask())
     assert first is not None
     assert after is None, "the answer from before the outage was kept"
+
+
+def test_an_upgrade_before_the_role_script_is_run_again_skips_the_render_probe_by_name(
+    pg: Cluster, db: str
+) -> None:
+    """README: after an upgrade, run exporter_role.sql again. A database set up by the script
+    before live_links() existed: homepage_render is skipped naming it (the deployment-mistake
+    alert's requirement), and once the script has run again it answers."""
+    pg.psql("DROP FUNCTION homepage_exporter.live_links(text[])", database=db)
+    skipped = run_named(pg, db, "homepage_render", locales="en")
+    assert isinstance(skipped.result, Skipped), skipped.result
+    assert str(skipped.result.requirement) == "function:homepage_exporter.live_links(text[])"
+    assert skipped.result.requirement.kind.is_deployment_mistake
+    load_exporter_role(pg, db, EXPORTER_PASSWORD)  # the README's step, run again
+    assert run_named(pg, db, "homepage_render", locales="en").error is None
