@@ -20,7 +20,9 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime as dt
+import http.client
 import json
+import multiprocessing
 import os
 import random
 import re
@@ -30,11 +32,12 @@ import subprocess
 import sys
 import tarfile
 import tempfile
-import threading
 import time
 import timeit
 from dataclasses import dataclass, field
+from multiprocessing.connection import Connection
 from pathlib import Path
+from typing import Protocol
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -76,8 +79,10 @@ class Figures:
     start_cores: float = 0.0  # CPU share over the first interval after start
     cores: float = 0.0  # over the steady-state window
     rss_mib: float = 0.0  # the most seen
-    p99_ms: float = 0.0  # /probe, whole run
+    p99_ms: float = 0.0  # /probe on a new connection each time, whole run
     p50_ms: float = 0.0
+    kept_p99_ms: float = 0.0  # /probe on one kept-alive connection, as Prometheus scrapes
+    kept_p50_ms: float = 0.0
     probes: int = 0
     connections_peak: int = 0  # the exporter's connections to the pooler
     connections_end: int = 0
@@ -90,6 +95,11 @@ class Figures:
     tracked: int = 0  # objects the collector tracks at the end (not counting frozen ones)
     census: dict[str, int] = field(default_factory=dict, repr=False)  # ... by type
     latencies: list[float] = field(default_factory=list, repr=False)
+    kept_latencies: list[float] = field(default_factory=list, repr=False)
+
+
+class EventLike(Protocol):
+    def is_set(self) -> bool: ...
 
 
 def pooler_connections(pid: int, port: int) -> int:
@@ -109,6 +119,44 @@ def pooler_connections(pid: int, port: int) -> int:
                 if f[3] == "01" and int(f[2].rsplit(":", 1)[1], 16) == port and f[9] in inodes:
                     count += 1
     return count
+
+
+def probe(port: int, n: int, stop: EventLike, results: Connection) -> None:
+    """Until `stop`, every 20 ms a random target's /probe, alternately on a new connection
+    (the worst case: connect and accept in every request) and on one kept-alive connection
+    (what Prometheus does: since 2.0 its scrape client reuses connections); sends the two
+    lists of latencies, in seconds, to `results`."""
+    url = f"http://127.0.0.1:{port}"
+    rng = random.Random(n)  # which target to ask
+    fresh_latencies: list[float] = []
+    kept_latencies: list[float] = []
+    kept: http.client.HTTPConnection | None = None
+    fresh = True
+    while not stop.is_set():
+        path = f"/probe?target=t{rng.randrange(n):04d}"
+        t0 = time.perf_counter()
+        with contextlib.suppress(OSError, http.client.HTTPException):
+            if fresh:
+                http_get(url + path, SCRAPE_HEADERS, timeout=30)
+                fresh_latencies.append(time.perf_counter() - t0)
+            else:
+                if kept is None:
+                    kept = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+                    kept.connect()
+                    t0 = time.perf_counter()  # the connect is not the request's
+                try:
+                    kept.request("GET", path, headers=SCRAPE_HEADERS)
+                    kept.getresponse().read()
+                except (OSError, http.client.HTTPException):
+                    kept.close()
+                    kept = None
+                    raise
+                kept_latencies.append(time.perf_counter() - t0)
+        fresh = not fresh
+        time.sleep(0.02)
+    if kept is not None:
+        kept.close()
+    results.send((fresh_latencies, kept_latencies))
 
 
 def targets_file(folder: Path, n: int, pooler: int) -> Path:
@@ -172,17 +220,7 @@ def measure(
             stderr=out,
         )
     url = f"http://127.0.0.1:{port}"
-    stop = threading.Event()
-
-    def probe() -> None:
-        rng = random.Random(n)  # which target to ask
-        while not stop.is_set():
-            t0 = time.perf_counter()
-            with contextlib.suppress(OSError):
-                target = f"{url}/probe?target=t{rng.randrange(n):04d}"
-                http_get(target, SCRAPE_HEADERS, timeout=30)
-                figures.latencies.append(time.perf_counter() - t0)
-            time.sleep(0.02)
+    stop = multiprocessing.get_context("fork").Event()
 
     try:
         started = time.monotonic()
@@ -195,7 +233,12 @@ def measure(
             if time.monotonic() - started > 60:
                 raise RuntimeError(f"{variant.name} did not come up")
             time.sleep(0.05)
-        prober = threading.Thread(target=probe, daemon=True)
+        # The client runs in a process of its own: in a thread of this one, it waited for the
+        # GIL while this loop read /proc (hundreds of sockets) and counted that as /probe's.
+        received, sent = multiprocessing.get_context("fork").Pipe(duplex=False)
+        prober = multiprocessing.get_context("fork").Process(
+            target=probe, args=(port, n, stop, sent), daemon=True
+        )
         prober.start()
         cpu0 = cpu_seconds([proc.pid])
         t0 = time.monotonic()
@@ -218,6 +261,9 @@ def measure(
         figures.cpu_seconds = cpu_seconds([proc.pid]) - cpu0
         figures.connections_end = pooler_connections(proc.pid, pooler)
         stop.set()
+        if not received.poll(60):
+            raise RuntimeError("the /probe client sent no latencies")
+        figures.latencies, figures.kept_latencies = received.recv()
         prober.join()
         # Runs and timeouts: from at most 100 targets' pages (evenly spread), scaled to all:
         # a saturated exporter answering n pages one by one would take minutes.
@@ -250,6 +296,8 @@ def measure(
     figures.probes = len(figures.latencies)
     figures.p99_ms = pct(figures.latencies, 0.99) * 1000
     figures.p50_ms = statistics.median(figures.latencies) * 1000
+    figures.kept_p99_ms = pct(figures.kept_latencies, 0.99) * 1000
+    figures.kept_p50_ms = statistics.median(figures.kept_latencies) * 1000
     return figures
 
 
@@ -278,6 +326,7 @@ def gc_figures(proc: subprocess.Popen[bytes], report: Path, figures: Figures) ->
             f" {sum(c for _, c in runs):,} objects collected",
             flush=True,
         )
+    print("  full collections, ms: " + ", ".join(f"{s * 1000:.0f}" for s in full), flush=True)
     print(f"  frozen {data['frozen']:,}, thresholds {data['threshold']}", flush=True)
     held = list(data["held_by_type"].items())[:12]
     print("  held (KiB): " + ", ".join(f"{k} {v / 1024:,.0f}" for k, v in held), flush=True)
@@ -312,7 +361,8 @@ def own_metrics_per_run() -> tuple[float, float]:
 def table(results: dict[int, dict[str, Figures]], variants: list[Variant]) -> list[str]:
     base = variants[0].name
     lines = [
-        "| targets | exporter | CPU, first 35 s | CPU, steady | RSS | /probe p50 | /probe p99 |"
+        "| targets | exporter | CPU, first 35 s | CPU, steady | RSS |"
+        " /probe p50, p99 (kept-alive connection) | /probe p50, p99 (new connection) |"
         " full GCs (count, longest) | GC-tracked objects |"
         " connections (peak, end) | runs | timed out | CPU per completed run |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
@@ -325,7 +375,8 @@ def table(results: dict[int, dict[str, Figures]], variants: list[Variant]) -> li
                 ratio = f" ({f.cores / max(row[base].cores, 1e-9):.2f}x)"
             lines.append(
                 f"| {n} | {variant.name} | {f.start_cores:.2f} core | {f.cores:.2f} core{ratio} |"
-                f" {f.rss_mib:.0f} MiB | {f.p50_ms:.1f} ms | {f.p99_ms:.1f} ms |"
+                f" {f.rss_mib:.0f} MiB | {f.kept_p50_ms:.1f}, {f.kept_p99_ms:.1f} ms |"
+                f" {f.p50_ms:.1f}, {f.p99_ms:.1f} ms |"
                 f" {f.full_collections}, {f.full_gc_max_ms:.0f} ms | {f.tracked:,} |"
                 f" {f.connections_peak}, {f.connections_end} | {f.runs:,.0f} | {f.timeouts:,.0f} |"
                 f" {f.cpu_seconds * 1000 / max(f.runs - f.timeouts, 1):.1f} ms |"
@@ -365,8 +416,11 @@ def write(
         " targets file naming"
         " that database N times through the pooler. CPU: the exporter process's share of"
         " one core. Connections: its own to the pooler. /probe: a random target's page every"
-        " 20 ms, from start to end. Full GCs: the collector's generation-2 passes over the"
-        " whole run and the longest (the event loop stands still meanwhile), timed in the"
+        " 20 ms, from start to end, alternately on one kept-alive connection (as Prometheus"
+        " scrapes: its scrape client has reused connections since 2.0) and on a new connection"
+        " each time (connect and accept counted in the request). Full GCs: the collector's"
+        " generation-2 passes over the whole run and the longest (the event loop stands still"
+        " meanwhile), timed in the"
         " process by bench/gcwatch.py; GC-tracked objects: what such a pass walks, counted at"
         f" the end. Baseline: {baseline_text(baseline)}, measured in the same run; the ratio is"
         " steady-state CPU against it.",
