@@ -126,6 +126,10 @@ def test_without_the_optional_columns_the_runbook_columns_answer(
     assert failures("homepage_publish_failures_last_hour") == 1
     lag = Values(run_named(pg, runbook_cms, "scheduled_publishes", locales="en,de"))
     assert lag("homepage_scheduled_publish_lag_seconds") == 0
+    # The week's outcomes, too, by updated_at: without processed_at, not none of them.
+    statuses = Values(run_named(pg, runbook_cms, "schedule_statuses", locales="en,de"))
+    assert statuses("homepage_section_schedules", status="failed") == 1
+    assert statuses("homepage_section_schedules_processed_7d", status="failed") == 1
 
 
 def test_before_the_role_script_check_says_to_run_it(pg: Cluster) -> None:
