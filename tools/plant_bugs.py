@@ -121,6 +121,9 @@ BUGS = [
         "AND c.confrelid = 'homepage_sections'::regclass),",
         "AND c.confrelid = 'homepage_sections'::regclass AND false),",
         ("tests/test_queries.py", "tests/test_user_schema.py")),
+    Bug("processed-column-always-assumed", "sql", "queries.yaml",
+        "WHERE CASE WHEN (SELECT EXISTS (", "WHERE CASE WHEN true OR (SELECT EXISTS (",
+        ("tests/test_user_schema.py",)),
 ]  # fmt: skip
 
 
