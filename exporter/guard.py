@@ -20,6 +20,8 @@ tests/test_guard.py and tests/test_hostile.py):
   of the RFC's shape (aiohttp's parser hangs on some targets, "//[");
 - reading paused while the socket's send buffer is full (a client that pipelines and never
   reads stops being read).
+- an accept queue as long as the kernel allows (`listen_backlog`), so a burst of connections
+  waits in the kernel instead of having its SYNs, and Prometheus's, dropped.
 
 `raise_file_limit` raises the soft RLIMIT_NOFILE to the hard one at start, as Go programs do.
 """
@@ -31,10 +33,12 @@ import contextlib
 import enum
 import re
 import resource
+import socket
 import ssl
 import time
 from collections import OrderedDict
 from collections.abc import Callable
+from pathlib import Path
 from typing import cast
 
 from exporter.allocator import malloc_trim
@@ -49,6 +53,7 @@ HANDSHAKE_TIMEOUT_SECONDS = 5.0
 # (asyncio's default is 30 s, during which the connection still holds its file and buffers).
 TLS_SHUTDOWN_TIMEOUT_SECONDS = 2.0
 FILES_RESERVED = 64  # for the database pool, logs, the config files
+SOMAXCONN_FILE = "/proc/sys/net/core/somaxconn"
 MAX_CONNECTIONS = 1024  # Prometheus needs a few; the rest of a flood is evicted, oldest idle first
 # The loop's TLS protocol keeps a read buffer of its own per connection (256 KiB allocated, up
 # to ~100 KiB of it resident once the allocator recycles memory), and OpenSSL its records:
@@ -71,6 +76,18 @@ def raise_file_limit() -> int:
         with contextlib.suppress(ValueError, OSError):
             resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
     return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+
+
+def listen_backlog() -> int:
+    """The accept queue's length: the kernel's maximum (net.core.somaxconn), as Go's net
+    package asks for. A flood of connections arrives faster than the loop accepts them (a
+    Python client opens one every ~30 µs on loopback); once the queue is full the kernel
+    drops every SYN, Prometheus's too, and its connect waits out a retransmission (1 s, then
+    3 s, 7 s). A queue as long as the kernel allows holds the burst until the guard evicts."""
+    try:
+        return max(socket.SOMAXCONN, int(Path(SOMAXCONN_FILE).read_text()))
+    except (OSError, ValueError):  # not Linux, or no /proc: the C library's constant
+        return socket.SOMAXCONN
 
 
 def connection_limit() -> int:

@@ -23,7 +23,7 @@ from aiohttp import web
 from exporter import __version__
 from exporter.errors import ConfigError
 from exporter.exposition import Encoding, Format, negotiate, negotiate_encoding
-from exporter.guard import MAX_HEAD_BYTES, Connections, Guard, connection_limit
+from exporter.guard import MAX_HEAD_BYTES, Connections, Guard, connection_limit, listen_backlog
 from exporter.settings import ListenAddress
 from exporter.statuspage import StatusPage
 from exporter.store import Store
@@ -188,7 +188,7 @@ class HttpServer:
                 host,
                 self._listen.port,
                 reuse_address=True,
-                backlog=1024,
+                backlog=listen_backlog(),
             )
         except OSError as exc:
             raise ConfigError(_bind_error(self._listen, exc)) from None
