@@ -67,6 +67,10 @@ def _no_dunder(name: str) -> str:
 # A query more often than once a second is a load test, not monitoring; a timeout under 10 ms
 # cannot even plan a query.
 MIN_INTERVAL_SECONDS = 1.0
+# The series cap (max_series, MAX_SERIES_PER_QUERY) travels to PostgreSQL as a bigint row
+# limit: past 2^63 every run would fail there. Ten million series from one query is a mistake
+# in any case (memory), not a limit anyone needs.
+MAX_SERIES_LIMIT = 10_000_000
 MIN_TIMEOUT_SECONDS = 0.01
 
 
@@ -130,7 +134,7 @@ class QuerySpec(_Strict):
     # query's own timeout: a slow locale is measured as slow, not as a timeout of all of them.
     each: Literal[Param.LOCALES] | None = None
     enabled: StrictBool = True
-    max_series: Annotated[StrictInt, Field(ge=1)] | None = None
+    max_series: Annotated[StrictInt, Field(ge=1, le=MAX_SERIES_LIMIT)] | None = None
     metrics: Annotated[tuple[MetricSpec, ...], Field(min_length=1)]
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import io
 import ipaddress
 import os
 from collections.abc import Mapping
@@ -24,12 +25,17 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict, Settin
 
 from exporter.durations import parse_duration
 from exporter.errors import ConfigError, describe
-from exporter.schema import Param
+from exporter.files import Unreadable, read_text
+from exporter.schema import MAX_SERIES_LIMIT, Param
 
 ENV_PREFIX = "HOMEPAGE_EXPORTER_"
 # 9100-9999 is fully allocated on the Prometheus wiki; 10187 clashes with no well-known exporter.
 DEFAULT_PORT = 10187
 SHIPPED_QUERIES = Path(__file__).with_name("queries.yaml")
+# A number that travels to PostgreSQL as a bigint parameter: a larger one would pass here and
+# fail every run there ("bigint out of range").
+BIGINT_MAX = 2**63 - 1
+MAX_PASSWORD_FILE_BYTES = 64 * 1024  # a password, perhaps a long one; not a megabyte
 
 
 class LogFormat(StrEnum):
@@ -143,7 +149,10 @@ class Settings(BaseSettings):
         default=10.0, ge=1, le=86400, description="how often the database is pinged (10s)"
     )
     max_series_per_query: int = Field(
-        default=10_000, ge=1, description="series a query may export before it fails (10000)"
+        default=10_000,
+        ge=1,
+        le=MAX_SERIES_LIMIT,
+        description="series a query may export before it fails (10000)",
     )
     web_config_file: Annotated[Path | None, BeforeValidator(_empty_is_unset)] = Field(
         default=None,
@@ -156,7 +165,10 @@ class Settings(BaseSettings):
         default=("en",), description="comma-separated locales to check (default en)"
     )
     media_storage_quota_bytes: int | None = Field(
-        default=None, gt=0, description="media storage quota, for homepage_media_storage_percent"
+        default=None,
+        gt=0,
+        le=BIGINT_MAX,
+        description="media storage quota, for homepage_media_storage_percent",
     )
     # The CMS's vocabulary where the runbook is silent; defaults are the reference schema's.
     cms_tables: Annotated[tuple[str, ...], NoDecode, BeforeValidator(_split_list)] = Field(
@@ -272,15 +284,34 @@ class Settings(BaseSettings):
         return tuple(found)
 
 
+def read_password(path: Path) -> str:
+    """A password file's password (trailing newline dropped), or `Unreadable` saying why."""
+    return read_text(path, max_bytes=MAX_PASSWORD_FILE_BYTES).rstrip("\r\n")
+
+
 def read_password_file(path: Path) -> str:
-    """A password file's password (trailing newline dropped); ConfigError naming the setting."""
+    """`read_password`, or a ConfigError naming the setting."""
     try:
-        return path.read_text(encoding="utf-8").rstrip("\r\n")
-    except (OSError, UnicodeDecodeError) as exc:
-        reason = getattr(exc, "strerror", None) or type(exc).__name__
+        return read_password(path)
+    except Unreadable as exc:
         raise ConfigError.at(
-            f"setting {ENV_PREFIX}DATABASE_PASSWORD_FILE", f"cannot read {path}: {reason}"
+            f"setting {ENV_PREFIX}DATABASE_PASSWORD_FILE", f"cannot read {path}: {exc}"
         ) from None
+
+
+def _env_file_values(env_file: Path | None) -> dict[str, str | None]:
+    """The variables of the .env file (`env_file`, else ./.env when it is a file): read through
+    `exporter.files` (capped, UTF-8, a bad byte named by its line) and parsed by python-dotenv,
+    as pydantic-settings parses it."""
+    path = env_file or Path(".env")
+    if env_file is None and not path.is_file():
+        return {}
+    try:
+        text = read_text(path)
+    except Unreadable as exc:
+        what = f"{exc} (the env file)" if env_file is None else str(exc)
+        raise ConfigError.at(path, what, line=exc.line) from None
+    return dotenv_values(stream=io.StringIO(text))
 
 
 def unknown_settings(env_file: Path | None = None) -> list[str]:
@@ -288,9 +319,7 @@ def unknown_settings(env_file: Path | None = None) -> list[str]:
     (pydantic-settings ignores them silently), each with the name probably meant."""
     known = {f"{ENV_PREFIX}{name.upper()}" for name in Settings.model_fields}
     given = [k for k in os.environ if k.startswith(ENV_PREFIX)]
-    path = env_file or Path(".env")
-    if path.is_file():
-        given += [k for k in dotenv_values(path) if k.upper().startswith(ENV_PREFIX)]
+    given += [k for k in _env_file_values(env_file) if k.upper().startswith(ENV_PREFIX)]
     found = []
     for name in dict.fromkeys(given):
         if name.upper() in known:
@@ -310,7 +339,7 @@ def _env_name(field: str, env_file: Path | None) -> str:
     names = [prefixed]
     if isinstance(aliases, AliasChoices):
         names += [str(a) for a in aliases.choices if str(a).isupper() and str(a) != prefixed]
-    dotenv = dotenv_values(env_file or ".env") if (env_file or Path(".env")).is_file() else {}
+    dotenv = _env_file_values(env_file)
     for name in names:
         if name in os.environ or name in dotenv:
             return name
@@ -326,10 +355,9 @@ def load_settings(
 ) -> Settings:
     """Settings from env and `.env`, with flag `overrides` on top; `ConfigError` names the key."""
     given = {k: v for k, v in (overrides or {}).items() if v is not None}
+    _env_file_values(env_file)  # pydantic-settings would read a device or a bad byte raw
     try:
         if env_file is not None:
-            if not env_file.is_file():
-                raise ConfigError(f"{env_file}: no such env file")
             return Settings(_env_file=env_file, **given)  # type: ignore[call-arg]
         return Settings(**given)
     except ValidationError as exc:

@@ -20,9 +20,10 @@ from urllib.parse import urlsplit
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
 
 from exporter.db import Database
-from exporter.errors import ConfigError, ErrorReason, QueryError, describe
+from exporter.errors import ErrorReason, QueryError, describe
+from exporter.files import Unreadable
 from exporter.schema import Param
-from exporter.settings import Settings, read_password_file
+from exporter.settings import BIGINT_MAX, Settings, read_password, read_password_file
 from exporter.yamlfile import read_yaml
 
 SINGLE = "default"  # the name of the one target when there is no targets file
@@ -84,9 +85,11 @@ def _reader(path: Path) -> Callable[[], str]:
 
     def read() -> str:
         try:
-            return read_password_file(path)
-        except ConfigError as exc:
-            raise QueryError(ErrorReason.CONNECTION, str(exc)) from None
+            return read_password(path)
+        except Unreadable as exc:
+            raise QueryError(
+                ErrorReason.CONNECTION, f"cannot read the password file {path}: {exc}"
+            ) from None
 
     return read
 
@@ -127,7 +130,7 @@ class TargetSpec(BaseModel):
     database_url: SecretStr
     database_password_file: Path | None = None
     locales: tuple[str, ...] | None = None
-    media_storage_quota_bytes: int | None = Field(default=None, gt=0)
+    media_storage_quota_bytes: int | None = Field(default=None, gt=0, le=BIGINT_MAX)
 
 
 class TargetsFile(BaseModel):
@@ -171,7 +174,12 @@ def load_targets(settings: Settings) -> list[Target]:
             raise doc.error(("targets", index, *first["loc"]), describe(first)) from None
         if per_target.database_password_file is not None:
             # An unreadable password file fails now, not at 3 a.m.
-            read_password_file(per_target.database_password_file)
+            try:
+                read_password(per_target.database_password_file)
+            except Unreadable as exc:
+                where = ("targets", index, "database_password_file")
+                message = f"cannot read {per_target.database_password_file}: {exc}"
+                raise doc.error(where, message) from None
         out[target.name] = Target.of(target.name, per_target, in_targets_file=True)
     return list(out.values())
 

@@ -6,17 +6,19 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
+import re
 import ssl
 import threading
 from collections import OrderedDict
 from dataclasses import replace
 from pathlib import Path
-from typing import Literal
+from typing import Literal, Self
 
 import bcrypt
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from exporter.errors import ConfigError
+from exporter.files import Unreadable, read_bytes
 from exporter.yamlfile import read_yaml
 
 TLS_VERSIONS = {
@@ -32,6 +34,12 @@ ClientAuth = Literal[
     "VerifyClientCertIfGiven",
     "RequireAndVerifyClientCert",
 ]
+# What bcrypt accepts: a cost of 4 to 31, a 22-character salt whose last character carries
+# only two bits (so one of .Oeu) and the 31-character digest. Anything else is refused by
+# bcrypt.checkpw at every request ("Invalid salt"): a 500 for each scrape, not a load error.
+BCRYPT_HASH = re.compile(
+    r"\$2[aby]\$(?:0[4-9]|[12][0-9]|3[01])\$[./A-Za-z0-9]{21}[.Oeu][./A-Za-z0-9]{31}"
+)
 # A bcrypt hash to check against when the user is unknown, so timing does not reveal users.
 _DUMMY_HASH = bcrypt.hashpw(b"homepage-cms-exporter", bcrypt.gensalt(rounds=10))
 _CACHE_SIZE = 256
@@ -48,6 +56,15 @@ class TLSServerConfig(_Strict):
     client_ca_file: Path | None = None
     min_version: Literal["TLS10", "TLS11", "TLS12", "TLS13"] = "TLS12"
     max_version: Literal["TLS10", "TLS11", "TLS12", "TLS13"] = "TLS13"
+
+    @model_validator(mode="after")
+    def _versions_overlap(self) -> Self:
+        if self.min_version > self.max_version:  # TLS10 < TLS11 < TLS12 < TLS13, as strings
+            raise ValueError(
+                f"min_version {self.min_version} is above max_version {self.max_version}:"
+                " no handshake could ever complete"
+            )
+        return self
 
 
 # The response headers exporter-toolkit lets a web config set, and the values it accepts.
@@ -97,10 +114,13 @@ class WebConfigFile(_Strict):
     @classmethod
     def _bcrypt_hashes(cls, users: dict[str, str]) -> dict[str, str]:
         for user, hashed in users.items():
-            if not hashed.startswith(("$2a$", "$2b$", "$2y$")) or len(hashed) != 60:
+            if ":" in user:  # Basic credentials are split at the first colon (RFC 7617)
+                raise ValueError(f"user {user!r}: a user name cannot contain ':'")
+            if not BCRYPT_HASH.fullmatch(hashed):
                 raise ValueError(
-                    f"user {user!r}: expected a bcrypt hash ($2y$...), got something"
-                    " else (hash it with: htpasswd -nBC 10 '' | tr -d ':\\n')"
+                    f"user {user!r}: expected a bcrypt hash ($2y$10$ and 53 characters of"
+                    " ./A-Za-z0-9), got something else (hash it with:"
+                    " htpasswd -nBC 10 '' | tr -d ':\\n')"
                 )
         return users
 
@@ -183,21 +203,43 @@ class WebConfig:
         return ok
 
 
+class _EncryptedKey(Exception):
+    pass
+
+
+def _no_passphrase() -> bytes:
+    raise _EncryptedKey
+
+
 def _ssl_context(path: Path, tls: TLSServerConfig) -> ssl.SSLContext:
     def resolve(file: Path) -> Path:
         return file if file.is_absolute() else path.parent / file
 
     for key in ("cert_file", "key_file", "client_ca_file"):
         file = getattr(tls, key)
-        if file is not None and not resolve(file).is_file():
-            raise ConfigError.at(
-                path, f"no such file {resolve(file)}", key=f"tls_server_config.{key}"
-            )
+        if file is not None:
+            try:  # OpenSSL would read a device or a FIFO without end
+                read_bytes(resolve(file))
+            except Unreadable as exc:
+                raise ConfigError.at(
+                    path, f"{resolve(file)}: {exc}", key=f"tls_server_config.{key}"
+                ) from None
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.minimum_version = TLS_VERSIONS[tls.min_version]
     context.maximum_version = TLS_VERSIONS[tls.max_version]
     try:
-        context.load_cert_chain(resolve(tls.cert_file), resolve(tls.key_file))
+        # Without a password callback OpenSSL asks for an encrypted key's passphrase on the
+        # terminal (a daemon would hang at start); exporter-toolkit has no passphrase either.
+        context.load_cert_chain(
+            resolve(tls.cert_file), resolve(tls.key_file), password=_no_passphrase
+        )
+    except _EncryptedKey:
+        raise ConfigError.at(
+            path,
+            f"{resolve(tls.key_file)} is encrypted; give the key without a passphrase"
+            " (openssl pkey -in KEY -out KEY.plain)",
+            key="tls_server_config.key_file",
+        ) from None
     except (ssl.SSLError, OSError) as exc:
         raise ConfigError.at(
             path, f"cannot load: {exc}", key="tls_server_config.cert_file/key_file"

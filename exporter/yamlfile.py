@@ -14,8 +14,8 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from exporter.errors import ConfigError, describe, key_path
+from exporter.files import MAX_FILE_BYTES, Unreadable, read_text
 
-MAX_FILE_BYTES = 1 << 20
 Loc = tuple[str | int, ...]
 Model = TypeVar("Model", bound=BaseModel)
 
@@ -128,20 +128,9 @@ def _lines(node: yaml.Node, loc: Loc, out: dict[Loc, int], path: Path) -> None:
 def read_yaml(path: Path, *, max_bytes: int = MAX_FILE_BYTES) -> Document:
     """Read and parse `path`, or raise `ConfigError` saying what is wrong and where."""
     try:
-        size = path.stat().st_size
-        if size > max_bytes:
-            raise ConfigError.at(path, f"file is {size} bytes, the limit is {max_bytes}")
-        text = path.read_text(encoding="utf-8")
-    except ConfigError:
-        raise
-    except FileNotFoundError:
-        raise ConfigError.at(path, "no such file") from None
-    except IsADirectoryError:
-        raise ConfigError.at(path, "is a directory, expected a YAML file") from None
-    except UnicodeDecodeError as exc:
-        raise ConfigError.at(path, f"not UTF-8 text ({exc.reason} at byte {exc.start})") from None
-    except OSError as exc:
-        raise ConfigError.at(path, f"cannot read: {exc.strerror}") from None
+        text = read_text(path, max_bytes=max_bytes)
+    except Unreadable as exc:
+        raise ConfigError.at(path, str(exc), line=exc.line) from None
     lines: dict[Loc, int] = {}
     try:
         loader = _Loader(text)

@@ -188,7 +188,7 @@ def test_a_good_password_is_checked_once_then_cached(secured: Exporter) -> None:
     [
         (
             "tls_server_config:\n  cert_file: /nope.pem\n  key_file: /nope.key\n",
-            "tls_server_config.cert_file: no such file /nope.pem",
+            "tls_server_config.cert_file: /nope.pem: no such file",
         ),
         (
             "basic_auth_users:\n  alice: plaintext\n",
