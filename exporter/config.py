@@ -113,7 +113,7 @@ def _cross_check(spec: QueriesFile) -> Iterator[tuple[Loc, str]]:
         if len(set(query.params)) != len(query.params):
             yield (*qpath, "params"), "a parameter is listed twice"
         if query.each is not None and query.each not in query.params:
-            yield (*qpath, "each"), f"{query.each!r} is not one of the query's params"
+            yield (*qpath, "each"), f"{str(query.each)!r} is not one of the query's params"
         for mi, metric in enumerate(query.metrics):
             mpath = (*qpath, "metrics", mi)
             yield from _check_metric(metric.name, metric.type, metric.value, metric.labels, mpath)

@@ -6,7 +6,8 @@ import re
 # PostgreSQL's statement_timeout and lock_timeout are int milliseconds: 2^31 - 1 ms, 24.8 days.
 MAX_SECONDS = (2**31 - 1) / 1000
 
-_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
+# ASCII digits only: \d also matches full-width and other scripts' digits, which float() reads.
+_PART = re.compile(r"([0-9]+(?:\.[0-9]+)?)(ms|s|m|h|d)")
 _SCALE = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 
 

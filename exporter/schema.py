@@ -138,8 +138,15 @@ class QuerySpec(_Strict):
     metrics: Annotated[tuple[MetricSpec, ...], Field(min_length=1)]
 
 
+def _an_int(value: object) -> object:
+    """`version: true` and `version: 1.0` equal 1 in Python; the file format says an integer."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"expected the integer {SCHEMA_VERSION}, got {value!r}")
+    return value
+
+
 class QueriesFile(_Strict):
     """The whole file."""
 
-    version: Literal[1]
+    version: Annotated[Literal[1], BeforeValidator(_an_int)]
     queries: tuple[QuerySpec, ...]

@@ -83,7 +83,7 @@ class ListenAddress:
     @classmethod
     def parse(cls, text: str) -> ListenAddress:
         host, sep, port_text = text.rpartition(":")
-        if not sep or not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
+        if not sep or not port_text.isascii() or not port_text.isdigit() or int(port_text) > 65535:
             raise ValueError(
                 f'expected "host:port" such as "127.0.0.1:{DEFAULT_PORT}", got {text!r}'
             )
@@ -213,15 +213,22 @@ class Settings(BaseSettings):
     @field_validator("database_url")
     @classmethod
     def _postgres_url(cls, value: SecretStr) -> SecretStr:
-        parts = urlsplit(value.get_secret_value())
+        url = value.get_secret_value()
+        try:  # the environment's bytes are decoded with surrogateescape: invalid UTF-8 survives
+            url.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ValueError("holds bytes that are not UTF-8; percent-encode them") from None
+        parts = urlsplit(url)
         if parts.scheme not in ("postgres", "postgresql"):
             raise ValueError('expected a URL like "postgresql://user@host:5432/dbname"')
         encode = "percent-encode it (@ %40, / %2F, : %3A, # %23) or use DATABASE_PASSWORD_FILE"
         if "@" in parts.netloc.rpartition("@")[0]:
             raise ValueError(f"the password contains '@': {encode}")
         try:
-            parts.port  # noqa: B018 - raises for a port that is not a number
-        except ValueError:
+            parts.port  # noqa: B018 - raises for a port that is not a number, or too large
+        except ValueError as exc:
+            if "out of range" in str(exc):
+                raise ValueError("the port is out of range (1 to 65535)") from None
             raise ValueError(
                 "the port is not a number; if the password contains / # or ?, " + encode
             ) from None

@@ -129,7 +129,8 @@ class TargetSpec(BaseModel):
     name: Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,62}$")]
     database_url: SecretStr
     database_password_file: Path | None = None
-    locales: tuple[str, ...] | None = None
+    # Left out, the LOCALES setting's; given, at least one (an empty list used to mean LOCALES).
+    locales: Annotated[tuple[str, ...], Field(min_length=1)] | None = None
     media_storage_quota_bytes: int | None = Field(default=None, gt=0, le=BIGINT_MAX)
 
 

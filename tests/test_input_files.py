@@ -16,6 +16,7 @@ import bcrypt
 import pytest
 
 from exporter.config import load_config
+from exporter.durations import parse_duration
 from exporter.errors import ConfigError
 from exporter.files import MAX_FILE_BYTES
 from exporter.settings import BIGINT_MAX, MAX_PASSWORD_FILE_BYTES, load_settings
@@ -271,3 +272,65 @@ def test_check_on_dev_zero_exits_2_at_once(setting: str) -> None:
     assert result.returncode == 2, result.stderr
     assert result.stderr.count("\n") == 1, result.stderr
     assert "/dev/zero: not a regular file" in result.stderr, result.stderr
+
+
+# --- values: each was accepted and then meant something else, or failed later --------------
+
+
+@pytest.mark.parametrize("text", ["\uff13\uff10s", "1\u0665m"], ids=["full-width", "arabic-indic"])
+def test_a_duration_in_other_digits_is_refused(text: str) -> None:
+    """float() reads full-width and Arabic-Indic digits; a config file's reader should not."""
+    with pytest.raises(ValueError, match="expected a duration"):
+        parse_duration(text)
+
+
+@pytest.mark.parametrize(
+    ("env", "expected"),
+    [
+        ({"LISTEN_ADDRESS": "127.0.0.1:\uff11\uff10\uff11\uff18\uff17"}, 'expected "host:port"'),
+        ({"DATABASE_URL": "postgresql://u@127.0.0.1:99999/cms"}, "the port is out of range"),
+        # How Python hands over an environment variable holding the byte 0xff.
+        ({"DATABASE_URL": "postgresql://u@127.0.0.1/caf\udcff"}, "bytes that are not UTF-8"),
+    ],
+    ids=["full-width-port", "port-out-of-range", "url-not-utf8"],
+)
+def test_a_setting_that_would_fail_later_is_refused_naming_it(
+    monkeypatch: pytest.MonkeyPatch, env: dict[str, str], expected: str
+) -> None:
+    set_env(monkeypatch)
+    for name, value in env.items():
+        monkeypatch.setattr(os, "environ", {**os.environ, f"HOMEPAGE_EXPORTER_{name}": value})
+    with pytest.raises(ConfigError) as caught:
+        load_settings()
+    assert str(caught.value).startswith(f"setting HOMEPAGE_EXPORTER_{next(iter(env))}: ")
+    assert expected in str(caught.value)
+
+
+@pytest.mark.parametrize("version", ["true", "1.0", "'1'"])
+def test_a_version_that_only_equals_1_is_refused(tmp_path: Path, version: str) -> None:
+    queries = tmp_path / "q.yaml"
+    queries.write_text(f"version: {version}\nqueries: []\n")
+    with pytest.raises(ConfigError, match=r"q\.yaml:1: version: .*expected (the integer )?1"):
+        load_config(queries)
+
+
+def test_each_names_the_parameter_as_written(tmp_path: Path) -> None:
+    queries = tmp_path / "q.yaml"
+    queries.write_text(
+        "version: 1\nqueries:\n  - name: one\n    help: One.\n    sql: SELECT 1 AS v\n"
+        "    interval: 30s\n    timeout: 5s\n    each: locales\n"
+        "    metrics:\n      - {name: test_one, help: One., value: v}\n"
+    )
+    with pytest.raises(ConfigError) as caught:
+        load_config(queries)
+    assert "queries.one.each: 'locales' is not one of the query's params" in str(caught.value)
+
+
+def test_a_target_with_no_locales_is_refused_not_given_the_global_ones(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    targets = tmp_path / "targets.yaml"
+    targets.write_text(f"targets:\n  - name: eu\n    database_url: {URL}\n    locales: []\n")
+    set_env(monkeypatch, TARGETS_FILE=str(targets), LOCALES="en,de")
+    with pytest.raises(ConfigError, match=r"targets\.yaml:4: targets\.eu\.locales"):
+        load_targets(load_settings())
