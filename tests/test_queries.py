@@ -1224,6 +1224,7 @@ LINTS = (
     "unindexed_foreign_keys",
     "duplicate_index",
     "invalid_index",
+    "exporter_role_changed",
 )
 # One bad object among the good reference schema, and which lints it must trip (and no other).
 BAD_OBJECTS = {
@@ -1272,6 +1273,14 @@ BAD_OBJECTS = {
         " WHERE indexrelid = 'idx_media_assets_created'::regclass",
         {"invalid_index": "idx_media_assets_created"},
     ),
+    # What a holder of the exporter's password can leave: a large object of the exporter's
+    # role (made here as the superuser and given to it; the role itself can, see
+    # test_runbook_statements), and its read-only default turned off in this database only.
+    "exporter_role_changed": (
+        "SELECT lo_from_bytea(4242, 'stash'::bytea);"
+        " ALTER LARGE OBJECT 4242 OWNER TO homepage_exporter",
+        {"exporter_role_changed": "large object 4242"},
+    ),
 }
 
 
@@ -1298,6 +1307,35 @@ def test_each_advisor_lint_fires_on_its_bad_object_only(pg: Cluster, db: str, li
     found = {name: v("homepage_cms_security_findings", lint=name) for name in LINTS}
     assert found == {name: (1 if name in expected else 0) for name in LINTS}
     assert v.labels("homepage_cms_security_finding") == set(expected.items())
+
+
+def role_setting(database: str, setting: str) -> str:
+    """`setting` for the exporter's role in `database` only (pg_db_role_setting is shared by
+    the cluster; the row goes with the database)."""
+    return f'ALTER ROLE homepage_exporter IN DATABASE "{database}" SET {setting}'
+
+
+@pytest.mark.parametrize(
+    ("settings", "found"),
+    [
+        # exporter_role.sql's own: ordinary life.
+        (["default_transaction_read_only = on", "statement_timeout = '60s'"], None),
+        (["default_transaction_read_only = true", "statement_timeout = '5min'"], None),
+        (["default_transaction_read_only = off"], "default_transaction_read_only=off"),
+        (["default_transaction_read_only = false"], "default_transaction_read_only=false"),
+        (["statement_timeout = 0"], "statement_timeout=0"),
+        (["statement_timeout = '0ms'"], "statement_timeout=0ms"),
+    ],
+    ids=["script", "script-other-words", "off", "false", "no-timeout", "no-timeout-ms"],
+)
+def test_the_exporter_roles_safeguards_turned_off_are_a_finding(
+    pg: Cluster, db: str, settings: list[str], found: str | None
+) -> None:
+    pg.psql(";".join(role_setting(db, s) for s in settings), database=db)
+    v = values(pg, db, "security_advisor")
+    assert v("homepage_cms_security_findings", lint="exporter_role_changed") == (found is not None)
+    flagged = {("exporter_role_changed", found)} if found else set()
+    assert v.labels("homepage_cms_security_finding") == flagged
 
 
 # --- backup & recovery: WAL archiving -------------------------------------------------------------

@@ -4,6 +4,7 @@ statements the page used to print, and why they were wrong there."""
 
 from __future__ import annotations
 
+import asyncio
 import re
 import subprocess
 import time
@@ -13,9 +14,14 @@ import pytest
 
 from exporter.demo.cluster import ClusterError
 from exporter.demo.database import role_script
+from exporter.runner import run_query
+from exporter.settings import load_settings
+from exporter.snapshot import Outcome
+from exporter.targets import load_targets
 from tests.conftest import BINDIRS
 from tests.harness import EXPORTER_PASSWORD
 from tests.pooler import PGBOUNCER
+from tests.queries_harness import Values, shipped
 from tests.runbook_doc import sql_blocks
 from tests.supabase import PG_CRON_AS_SUPABASE_ADMIN, Supabase, psql_url, supabase
 
@@ -34,6 +40,7 @@ SECTIONS = {
     "HomepageCronJobNotRunning": 3,
     "HomepagePublishFunctionNotSecurityDefiner": 1,
     "HomepageLongRunningQuery": 3,
+    "HomepageExporterRoleChanged": 2,
 }
 # pg_cron 1.4 starts jobs on the minute: a run is due within 60 s of scheduling it.
 CRON_RUN_DEADLINE_SECONDS = 90
@@ -420,3 +427,78 @@ def test_long_running_triage_lists_pg_crons_runs_and_the_fix_stops_them(
             " SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
             " WHERE query LIKE '%pg_sleep(600)%' AND pid <> pg_backend_pid();",
         )
+
+
+# --- HomepageExporterRoleChanged: what no GRANT takes from a role, undone -----------------------
+
+
+def exporter_role_findings(project: Supabase) -> set[tuple[str, ...]]:
+    """The shipped security_advisor's findings on the exporter's role, run as the exporter."""
+    (target,) = load_targets(load_settings({"database_url": project.exporter_url()}))
+
+    async def run() -> Outcome:
+        async with target.database.open() as db:
+            return await run_query(db, shipped("security_advisor"), target.params, 10_000)
+
+    flagged = Values(asyncio.run(run())).labels("homepage_cms_security_finding")
+    return {labels for labels in flagged if labels[0] == "exporter_role_changed"}
+
+
+def test_a_role_used_by_whoever_holds_its_password_is_put_back(project: Supabase) -> None:
+    triage, fix = sql_blocks("HomepageExporterRoleChanged")
+    psql = project.cluster.psql_binary
+    assert exporter_role_findings(project) == set()  # the role script's role: nothing to say
+    # Someone with the exporter's password: what PostgreSQL lets every role do, even with
+    # default_transaction_read_only on (a SET away) and no privilege on anything.
+    intruder = psql_url(
+        psql,
+        project.exporter_url(),
+        "SET default_transaction_read_only = off;"
+        "SELECT lo_from_bytea(0, 'a stash'::bytea);"
+        "ALTER ROLE homepage_exporter SET default_transaction_read_only = off;"
+        "ALTER ROLE homepage_exporter SET statement_timeout = 0;",
+    )
+    assert intruder.returncode == 0, intruder.stderr
+    found = exporter_role_findings(project)
+    assert {object_ for _, object_ in found} >= {"default_transaction_read_only=off"}
+    lingering = subprocess.Popen(
+        [str(psql), "-X", "-q", project.exporter_url(), "-c", "SELECT pg_sleep(300)"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        poll("the intruder's session", lambda: admin(
+            project, "SELECT pid FROM pg_stat_activity WHERE usename = 'homepage_exporter'"
+            " AND query LIKE '%pg_sleep%'",
+        ))  # fmt: skip
+        seen = as_postgres(project, triage)
+        assert "default_transaction_read_only=off" in seen
+        assert "statement_timeout=0" in seen
+        as_postgres(project, fix.replace("<new password>", "rotated-" + EXPORTER_PASSWORD))
+        _, err = lingering.communicate(timeout=60)
+        assert "terminat" in err, err  # the session of the old password is gone
+    finally:
+        lingering.kill()
+    assert admin(project, "SELECT count(*) FROM pg_largeobject_metadata") == "0"
+    assert (
+        admin(
+            project,
+            "SELECT count(*) FROM pg_db_role_setting WHERE setrole = 'homepage_exporter'::regrole",
+        )
+        == "0"
+    )
+    assert "homepage_exporter" not in admin(
+        project, "SELECT string_agg(roleid::regrole::text, ',') FROM pg_auth_members"
+        " WHERE member = 'postgres'::regrole",
+    )  # fmt: skip  # postgres gave the role back
+    old = psql_url(psql, project.exporter_url(), "SELECT 1")
+    assert old.returncode != 0
+    assert "password authentication failed" in old.stderr
+    # The page's last step: the role script again (here with the fixture's password, which
+    # the other tests use), and the role is as it was, with nothing to report.
+    result = psql_url(psql, project.postgres_url(), role_script(EXPORTER_PASSWORD))
+    assert result.returncode == 0, result.stderr
+    assert exporter_role_findings(project) == set()
+    assert "default_transaction_read_only=on" in admin(
+        project, "SELECT setconfig FROM pg_db_role_setting"
+        " WHERE setrole = 'homepage_exporter'::regrole",
+    )  # fmt: skip

@@ -643,7 +643,20 @@ ADVISOR_LINTS: tuple[tuple[str, str, str, str, str, str], ...] = (
         "is invalid (a failed CREATE INDEX CONCURRENTLY leaves one): it is maintained but never"
         " used. REINDEX INDEX CONCURRENTLY, or drop and create it again.",
     ),
+    (
+        "exporter_role_changed",
+        "HomepageExporterRoleChanged",
+        WARNING,
+        "5m",
+        "Someone used the exporter's role to write.",
+        "was left by the exporter's own role, which the exporter never does (each of its runs"
+        " ends in ROLLBACK): whoever holds its password stored a large object or turned off its"
+        " read-only default or statement timeout. Change the password first, then clean up as"
+        " the runbook says.",
+    ),
 )
+# Lints of ours, not Supabase's advisor.
+OUR_LINTS = frozenset({"exporter_role_changed"})
 
 
 def advisor_alerts() -> Iterator[Alert]:
@@ -654,8 +667,10 @@ def advisor_alerts() -> Iterator[Alert]:
             f'homepage_cms_security_finding{{lint="{lint}"}} == 1',
             for_,
             summary,
-            "{{ $labels.object }} on {{ $labels.instance }} " + what + " (Supabase advisor lint "
-            f'{lint}; homepage_cms_security_findings{{lint="{lint}"}} counts every offender.)',
+            "{{ $labels.object }} on {{ $labels.instance }} "
+            + what
+            + (" (lint " if lint in OUR_LINTS else " (Supabase advisor lint ")
+            + f'{lint}; homepage_cms_security_findings{{lint="{lint}"}} counts every offender.)',
             "security",
         )
 
