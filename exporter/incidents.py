@@ -377,6 +377,9 @@ def incidents(cms_cron_job: str, cms_cron_owner: str) -> list[Incident]:
         ),
         # One rule per table, so that the page names what is missing; a homepage the role gets
         # no section of at all is HomepageRenderEmpty's or HomepageInvisibleToPublic's page.
+        # It pages when the role receives none of them: a CMS's function leaves some out by
+        # design (sold out, not yet on sale, a carousel's first ten), so fewer than are linked
+        # is ordinary; none of many is a policy or grant that hides the table.
         *(
             Incident(
                 "HomepageCatalogHidden",
@@ -387,9 +390,10 @@ def incidents(cms_cron_job: str, cms_cron_owner: str) -> list[Incident]:
                 Signal(f"homepage_render_{relation}_missing", Op.GT, 0),
                 "The public receives homepage sections without their products or categories.",
                 "get_homepage_content('{{ $labels.locale }}') gives the {{ $labels.role }} role"
-                f" {{{{ $value }}}} fewer {relation} than the live sections carry on"
+                f" none of the {{{{ $value }}}} {relation} the live sections carry on"
                 f" {{{{ $labels.instance }}}}: a policy or grant on section_{relation} hides them"
                 " (runbook P1 path B).",
+                also=Signal(f"homepage_render_{relation}", Op.EQ, 0),
                 unless=Signal("homepage_render_sections", Op.EQ, 0),
                 on=("locale", "role"),
                 for_="2m",

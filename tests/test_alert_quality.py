@@ -162,6 +162,34 @@ BENIGN = [
         VALUES ({SECTION}, {VERSION}, now() - interval '1 minute');""",
     ),
     Scenario("one publish failed in the last hour", "benign", _fails(1, "20 minutes")),
+    # A shop's get_homepage_content() leaves out what cannot be bought (an audit's CMS, built from
+    # the runbook alone, paged HomepageCatalogHidden for its sold-out products): fewer
+    # products than the live sections link is the function's business, not a hidden table.
+    Scenario(
+        "the homepage leaves out sold-out products",
+        "benign",
+        """
+        CREATE TABLE products (id uuid PRIMARY KEY, is_available boolean NOT NULL);
+        INSERT INTO products SELECT product_id, display_order % 4 <> 0 FROM section_products;
+        GRANT SELECT ON products TO anon, authenticated;
+        CREATE OR REPLACE FUNCTION get_homepage_content(p_locale text)
+        RETURNS TABLE (section_id uuid, section_key text, section_type text,
+          display_order integer, version_number integer, content jsonb, products jsonb,
+          categories jsonb)
+        LANGUAGE sql STABLE SET search_path = public, pg_temp AS $$
+          SELECT hs.id, hs.section_key, hs.section_type, hs.display_order, sv.version_number,
+                 sv.content,
+                 COALESCE((SELECT jsonb_agg(sp.product_id ORDER BY sp.display_order)
+                           FROM section_products sp JOIN products p ON p.id = sp.product_id
+                           WHERE sp.section_id = hs.id AND p.is_available), '[]'::jsonb),
+                 COALESCE((SELECT jsonb_agg(sc.category_id ORDER BY sc.display_order)
+                           FROM section_categories sc WHERE sc.section_id = hs.id), '[]'::jsonb)
+          FROM homepage_sections hs
+          LEFT JOIN section_versions sv ON sv.id = hs.published_version_id
+          WHERE hs.locale = p_locale AND hs.is_active AND hs.status = 'published'
+          ORDER BY hs.display_order
+        $$;""",
+    ),
     Scenario(
         "40 old failures, one re-queued",
         "benign",
