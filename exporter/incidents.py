@@ -375,6 +375,31 @@ def incidents(cms_cron_job: str, cms_cron_owner: str) -> list[Incident]:
             " grant on section_versions hides the published versions (runbook P1 path B).",
             for_="2m",
         ),
+        # The runbook's "Verify data integrity" join, on what is live: a section whose pointer
+        # names another section's version shows that section's content (another locale's
+        # hero), and no render count can tell. No version or an unpublished one is
+        # HomepageContentHidden's page (the render's LEFT JOIN gives NULL content); its
+        # triage says which.
+        Incident(
+            "HomepageLiveSectionShowsAnotherVersion",
+            C,
+            Priority.P2,
+            RunbookPath.NONE,
+            "homepage",
+            Signal(
+                "homepage_live_sections_version_wrong",
+                Op.GT,
+                0,
+                match=(("problem", "another_sections_version"),),
+            ),
+            "A live homepage section shows another section's version.",
+            "{{ $value }} live sections of locale {{ $labels.locale }} on {{ $labels.instance }}"
+            " point (published_version_id) at a version of another section: the public sees"
+            " that section's content. Publish each section's own version again (runbook,"
+            " Backup & Recovery, Scenario 1).",
+            for_="2m",
+            labels=(("priority", "P2"),),
+        ),
         # One rule per table, so that the page names what is missing; a homepage the role gets
         # no section of at all is HomepageRenderEmpty's or HomepageInvisibleToPublic's page.
         # It pages when the role receives none of them: a CMS's function leaves some out by

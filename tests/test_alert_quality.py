@@ -344,6 +344,19 @@ INCIDENTS = [
              'ALTER POLICY "Published versions viewable by everyone" ON section_versions'
              " TO authenticated;",
              frozenset({("HomepageContentHidden", "critical")}), within=5),
+    Scenario("a hand-written UPDATE points the German hero at the English hero's version",
+             "incident",
+             "UPDATE homepage_sections d SET published_version_id = f.published_version_id"
+             " FROM homepage_sections f WHERE d.locale = 'de' AND d.section_key = 'hero'"
+             " AND f.locale = 'en' AND f.section_key = 'hero';",
+             frozenset({("HomepageLiveSectionShowsAnotherVersion", "critical")}), within=5),
+    Scenario("a live section points at an unreviewed draft", "incident",
+             "INSERT INTO section_versions (section_id, version_number, content)"
+             " SELECT id, 999, '{}' FROM homepage_sections"
+             " WHERE locale = 'en' AND section_key = 'promo';"
+             " UPDATE homepage_sections hs SET published_version_id = v.id"
+             " FROM section_versions v WHERE v.section_id = hs.id AND v.version_number = 999;",
+             frozenset({("HomepageContentHidden", "critical")}), within=5),
     Scenario("P1 path B: the products' read policy narrowed to signed-in users", "incident",
              'ALTER POLICY "Section products viewable by everyone" ON section_products'
              " TO authenticated;",

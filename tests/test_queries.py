@@ -218,6 +218,69 @@ def test_sections_per_locale_with_a_kill_switched_and_an_empty_locale(pg: Cluste
     assert v("homepage_locale_expected_live", locale="en") == 1
 
 
+# Every live section with its own published version (publish_section_version, as the CMS
+# publishes), then one wrong pointer of each kind the runbook's "Verify data integrity" join
+# shows, each in a locale of its own; drafts, switched-off sections and history stay as a real
+# CMS has them.
+LIVE_VERSIONS = (
+    SECTIONS
+    + """
+INSERT INTO homepage_sections (section_key, locale, status, is_active, display_order) VALUES
+  ('hero', 'fr', 'published', true, 1), ('hero', 'es', 'published', true, 1),
+  ('hero', 'ja', 'published', true, 1), ('grid', 'ja', 'published', true, 2);
+INSERT INTO section_versions (section_id, version_number, content)
+SELECT id, n, jsonb_build_object('title', locale || ' ' || section_key || ' v' || n)
+FROM homepage_sections, generate_series(1, 3) AS n;
+SELECT publish_section_version(id, (SELECT v.id FROM section_versions v
+                                    WHERE v.section_id = hs.id AND v.version_number = 2))
+FROM homepage_sections hs WHERE hs.status = 'published';
+UPDATE homepage_sections SET is_active = false WHERE locale = 'de';
+-- fr: the pointer cleared; es: moved to its newest draft; it: the English hero's version.
+UPDATE homepage_sections SET published_version_id = NULL WHERE locale = 'fr';
+UPDATE homepage_sections hs SET published_version_id = v.id FROM section_versions v
+WHERE hs.locale = 'es' AND v.section_id = hs.id AND v.version_number = 3;
+UPDATE homepage_sections d SET published_version_id = f.published_version_id
+FROM homepage_sections f
+WHERE d.locale = 'it' AND d.section_key = 'hero' AND f.locale = 'en' AND f.section_key = 'hero';
+"""
+)
+PROBLEMS = ("no_version", "missing_version", "unpublished_version", "another_sections_version")
+
+
+def test_live_versions_names_each_wrong_pointer_by_locale(pg: Cluster, db: str) -> None:
+    pg.psql(LIVE_VERSIONS, database=db)
+    v = values(pg, db, "live_versions", locales="en,de,fr,es,it,ja,pt")
+    found = {
+        locale: {p: v("homepage_live_sections_version_wrong", locale=locale, problem=p)
+                 for p in PROBLEMS if v("homepage_live_sections_version_wrong", locale=locale, problem=p)}
+        for locale in ("en", "de", "fr", "es", "it", "ja", "pt")
+    }  # fmt: skip
+    assert found == {
+        "en": {},  # three live sections, each showing its own published version; a draft
+        "de": {},  # switched off: not live, whatever it points at
+        "fr": {"no_version": 1},
+        "es": {"unpublished_version": 1},
+        "it": {"another_sections_version": 1},
+        "ja": {},
+        "pt": {},  # configured, no rows: every problem reads 0, none vanishes
+    }
+    assert v("homepage_live_sections_version_wrong", locale="pt", problem="no_version") == 0
+
+
+def test_a_dangling_pointer_is_a_missing_version(pg: Cluster, db: str) -> None:
+    """A CMS without the foreign key (the runbook shows none) can point at a deleted version."""
+    pg.psql(
+        LIVE_VERSIONS
+        + "ALTER TABLE homepage_sections DROP CONSTRAINT homepage_sections_published_version_fk;"
+        "UPDATE homepage_sections SET published_version_id = gen_random_uuid()"
+        " WHERE locale = 'ja' AND section_key = 'grid';",
+        database=db,
+    )
+    v = values(pg, db, "live_versions", locales="ja")
+    assert v("homepage_live_sections_version_wrong", locale="ja", problem="missing_version") == 1
+    assert v("homepage_live_sections_version_wrong", locale="ja", problem="no_version") == 0
+
+
 def test_anon_sees_published_active_sections_only(pg: Cluster, db: str) -> None:
     pg.psql(SECTIONS, database=db)
     v = values(pg, db, "anon_visibility", locales="en,de")

@@ -641,6 +641,27 @@ BROKEN = {
         "DROP INDEX idx_homepage_sections_render",
         "HomepageIndexMissing",
     ),
+    # The runbook's "Verify data integrity" join, each way a live pointer goes wrong (an
+    # audit's runbook-only CMS: triage blamed the versions' policy for a draft's NULL content).
+    "the German hero pointed at the French hero's version": (
+        "UPDATE homepage_sections d SET published_version_id = f.published_version_id"
+        " FROM homepage_sections f WHERE d.locale = 'de' AND d.section_key = 'hero-banner'"
+        " AND f.locale = 'fr' AND f.section_key = 'hero-banner'",
+        "HomepageLiveSectionShowsAnotherVersion",
+    ),
+    "a live section pointed at a new draft": (
+        "INSERT INTO section_versions (section_id, version_number, content)"
+        ' SELECT id, 999, \'{"title": "unreviewed"}\' FROM homepage_sections'
+        " WHERE locale = 'en' AND section_key = 'sale-teaser';"
+        " UPDATE homepage_sections hs SET published_version_id = v.id FROM section_versions v"
+        " WHERE v.section_id = hs.id AND v.version_number = 999",
+        "HomepageContentHidden",
+    ),
+    "a live section's pointer cleared": (
+        "UPDATE homepage_sections SET published_version_id = NULL"
+        " WHERE locale = 'fr' AND section_key = 'newsletter'",
+        "HomepageContentHidden",
+    ),
 }
 
 
@@ -658,3 +679,13 @@ def test_the_printed_statements_fix_what_triage_found(
         pg.psql(statement, database=homepage)
     code, data = report(pg, homepage)
     assert code == 0, data["findings"]
+    # Whatever was live before is live again: each live section shows its own published version.
+    assert (
+        pg.psql(
+            "SELECT count(*) FROM homepage_sections hs JOIN section_versions sv"
+            " ON sv.id = hs.published_version_id WHERE hs.is_active AND hs.status = 'published'"
+            " AND (sv.section_id <> hs.id OR NOT sv.is_published)",
+            database=homepage,
+        ).strip()
+        == "0"
+    )

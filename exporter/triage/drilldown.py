@@ -152,9 +152,88 @@ async def invisible_to_public(ctx: Context, firing: Firing) -> Finding:
     )
 
 
+# Each live section of the locales whose published_version_id is not right, with the version
+# it should show: its own published one (the newest, should there be several), which
+# publish_section_version() points it back at. The runbook's "Verify data integrity" join.
+_LIVE_POINTERS = (
+    "SELECT hs.id::text AS id, hs.locale, hs.section_key,"
+    " hs.published_version_id::text AS points_at,"
+    " CASE WHEN hs.published_version_id IS NULL THEN 'no version'"
+    "      WHEN sv.id IS NULL THEN 'a missing version'"
+    "      WHEN sv.section_id IS DISTINCT FROM hs.id THEN 'another section''s version ('"
+    "           || coalesce(o.locale || ' ' || o.section_key, 'a deleted section') || ')'"
+    "      ELSE 'an unpublished version (' || sv.version_number || ')' END AS problem,"
+    " own.id::text AS own_published_version, own.version_number AS own_version_number"
+    " FROM homepage_sections hs"
+    " LEFT JOIN section_versions sv ON sv.id = hs.published_version_id"
+    " LEFT JOIN homepage_sections o ON o.id = sv.section_id"
+    " LEFT JOIN LATERAL (SELECT v.id, v.version_number FROM section_versions v"
+    "   WHERE v.section_id = hs.id AND v.is_published"
+    "   ORDER BY v.version_number DESC LIMIT 1) own ON true"
+    " WHERE hs.locale = ANY ($1::text[]) AND hs.is_active AND hs.status = 'published'"
+    "   AND (hs.published_version_id IS NULL OR sv.id IS NULL"
+    "        OR sv.section_id IS DISTINCT FROM hs.id OR sv.is_published IS NOT TRUE)"
+    f" ORDER BY hs.locale, hs.section_key, hs.id LIMIT {MAX_ROWS}"
+)
+
+
+def _publish_own(rows: Sequence[Mapping[str, Any]]) -> list[str]:
+    """Point each section back at its own published version (the runbook's Scenario 1 fix)."""
+    return [
+        f"SELECT * FROM publish_section_version({literal(str(r['id']))},"
+        f" {literal(str(r['own_published_version']))});"
+        for r in rows
+        if r["own_published_version"] is not None
+    ]
+
+
+def _without_own(rows: Sequence[Mapping[str, Any]]) -> str:
+    lost = [f"{r['locale']} {r['section_key']}" for r in rows if r["own_published_version"] is None]
+    return (
+        f" {', '.join(lost)} has no published version of its own: choose one from its history"
+        " (runbook, Backup & Recovery, Scenario 1) and publish it with publish_section_version()."
+        if lost
+        else ""
+    )
+
+
+async def live_section_shows_another_version(ctx: Context, firing: Firing) -> Finding:
+    locales = _labels(firing, "locale")
+    wrong = [
+        r
+        for r in await ctx.rows(_LIVE_POINTERS, locales)
+        if str(r["problem"]).startswith("another section")
+    ]
+    where = ", ".join(locales)
+    return Finding(
+        firing.incident,
+        f"live sections of {where} show another section's version",
+        f"{len(wrong)} live sections point (published_version_id) at a version of another section",
+        wrong,
+        "Point each back at its own published version, then verify the homepage as anon."
+        + _without_own(wrong),
+        _publish_own(wrong),
+    )
+
+
 async def content_hidden(ctx: Context, firing: Firing) -> Finding:
     pairs = sorted({(str(lb.get("locale")), str(lb.get("role"))) for lb, _ in firing.series})
     where = ", ".join(f"{locale} ({role})" for locale, role in pairs)
+    # First the sections themselves: one pointing at no version, or at a draft the public may
+    # not read, arrives without content however right the policies are.
+    pointers = await ctx.rows(_LIVE_POINTERS, sorted({locale for locale, _ in pairs}))
+    if pointers:
+        return Finding(
+            firing.incident,
+            f"live sections of {where} have no published version to show",
+            f"{len(pointers)} live sections point (published_version_id) at no version, a"
+            " missing one, an unpublished one or another section's: the public gets them"
+            " without content",
+            pointers,
+            "Point each back at its own published version, then verify the homepage as anon."
+            + _without_own(pointers),
+            _publish_own(pointers),
+        )
     access = await _read_access(ctx, "section_versions")
     policies = await _policies(ctx, "section_versions")
     roles = sorted({role for _, role in pairs})
@@ -750,6 +829,7 @@ DRILLDOWNS: Mapping[str, DrillDown] = {
     "HomepageNoLiveSections": no_live_sections,
     "HomepageInvisibleToPublic": invisible_to_public,
     "HomepageContentHidden": content_hidden,
+    "HomepageLiveSectionShowsAnotherVersion": live_section_shows_another_version,
     "HomepageCatalogHidden": catalog_hidden,
     "HomepageRenderEmpty": render_empty,
     "HomepageRenderFailing": render_failing,
