@@ -431,8 +431,19 @@ def test_a_newer_failed_version_is_requeued_and_goes_live(pg: Cluster, homepage:
     code, data = report(pg, homepage)
     assert code == 2
     (statement,) = finding(data, "P2", "B")["statements"]
-    assert len(re.findall(r"'[0-9a-f-]{36}'", statement)) == 1  # one schedule, by id
+    (requeued,) = re.findall(r"'([0-9a-f-]{36})'", statement)  # one schedule, by id
+    touched = f"SELECT updated_at FROM section_schedules WHERE id = '{requeued}'"
+    before = pg.psql(touched, database=homepage)
     pg.psql(statement, database=homepage)
+    # Dated as the CMS dates its own changes (docs/runbook.md's re-queue does the same).
+    assert (
+        pg.psql(
+            f"SELECT updated_at > '{before.strip()}'::timestamptz AND status = 'pending'"
+            f" FROM section_schedules WHERE id = '{requeued}'",
+            database=homepage,
+        ).strip()
+        == "t"
+    )
     pg.psql("SELECT * FROM process_scheduled_publishes()", database=homepage)
     now_live = int(pg.psql(LIVE_VERSION, database=homepage))
     newest = pg.psql(

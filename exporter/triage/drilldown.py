@@ -472,10 +472,12 @@ async def publish_lag(ctx: Context, firing: Firing) -> Finding:
     ]
     statements = []
     if older:
-        # Processing these would roll the homepage back: withdraw them first.
+        # Processing these would roll the homepage back (or publish the live one again):
+        # withdraw them first, dated as the CMS dates its own changes.
+        touched = ", updated_at = now()" if "updated_at" in await _schedule_columns(ctx) else ""
         statements.append(
             "UPDATE section_schedules SET status ="
-            f" {literal(str(ctx.params['schedule_cancelled']))}"
+            f" {literal(str(ctx.params['schedule_cancelled']))}{touched}"
             f" WHERE id IN ({_ids(older)}) AND status = {literal(pending)};"
         )
     statements.append("SELECT * FROM process_scheduled_publishes();")
@@ -484,7 +486,7 @@ async def publish_lag(ctx: Context, firing: Firing) -> Finding:
         firing.incident,
         f"scheduled publishes overdue, the oldest by {human_age(oldest)}",
         f"{len(overdue)} schedules pending past publish_at (oldest first)"
-        + (f"; {len(older)} would publish a version older than the live one" if older else ""),
+        + (f"; {len(older)} would publish a version no newer than the live one" if older else ""),
         overdue,
         "Find out why the job does not run them (cron job, function, grants); once fixed,"
         " process the queue by hand.",
@@ -535,7 +537,7 @@ async def publish_failures(ctx: Context, firing: Firing) -> Finding:
         f"{c} = NULL"
         for c in (ctx.params["schedule_error_column"], ctx.params["schedule_processed_column"])
         if c in columns
-    ]
+    ] + (["updated_at = now()"] if "updated_at" in columns else [])  # as docs/runbook.md does
     statements = (
         [
             "UPDATE section_schedules SET "
