@@ -126,7 +126,7 @@ class Daemon:
             }
             http = HttpServer(
                 metrics,
-                self.settings.listen,
+                self.settings.listen_addresses,
                 ready=self.ready,
                 web_config=self.web,
                 probes=probes,

@@ -11,10 +11,11 @@ window and in a worker thread (`StatusPage.current`).
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import errno
 import html
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from types import TracebackType
 from typing import Self
 
@@ -32,6 +33,12 @@ from exporter.webconfig import WebConfig
 SHUTDOWN_TIMEOUT_SECONDS = 2.0
 IDLE_TIMEOUT_SECONDS = 75.0  # keep-alive connections idle longer are closed (aiohttp)
 BCRYPT_CONCURRENCY = 2  # password checks at once; the others wait their turn, unread
+# Password checks one client address may have waiting or running; beyond, 429 at once. One
+# address flooding wrong passwords otherwise queues every check behind its own (300 of them
+# held a legitimate first scrape 33 s): now Prometheus, from its own address, waits behind a
+# few checks per flooding address. (A successful check is cached: only a first scrape, after
+# a start or reload, needs bcrypt at all.)
+PASSWORD_CHECKS_PER_CLIENT = 4
 SERVER = f"homepage-cms-exporter/{__version__}"
 NO_STORE = {"Cache-Control": "no-store"}  # the status page is always the current state
 UNAUTHORIZED_HEADERS = {"WWW-Authenticate": 'Basic realm="homepage-cms-exporter"'}
@@ -55,7 +62,7 @@ class HttpServer:
     def __init__(
         self,
         store: Store,
-        listen: ListenAddress,
+        listen: ListenAddress | Sequence[ListenAddress],
         *,
         ready: Callable[[], bool],
         web_config: WebConfig | None = None,
@@ -63,7 +70,7 @@ class HttpServer:
         status: StatusPage | None = None,
     ) -> None:
         self._store = store
-        self._listen = listen
+        self._listen = (listen,) if isinstance(listen, ListenAddress) else tuple(listen)
         self._ready = ready
         self._web = web_config or WebConfig()
         self._probes = dict(probes or {})
@@ -91,6 +98,7 @@ class HttpServer:
             "/": self._landing,
         }
         self._bcrypt = asyncio.Semaphore(BCRYPT_CONCURRENCY)
+        self._checking: collections.Counter[str] = collections.Counter()  # by address
         self.connections = Connections(connection_limit())
         self.bound: list[str] = []
 
@@ -107,10 +115,25 @@ class HttpServer:
         if self._web.users and path not in self._web.open_paths:
             authorization = request.headers.get("Authorization")
             if not self._web.is_cached(authorization):
-                async with self._bcrypt:
-                    ok = await asyncio.get_running_loop().run_in_executor(
-                        None, self._web.check, authorization
+                client = request.remote or ""
+                if self._checking[client] >= PASSWORD_CHECKS_PER_CLIENT:
+                    return self._respond(
+                        _closing(
+                            429,
+                            "too many password checks from this address at once\n",
+                            {"Retry-After": "1"},
+                        )
                     )
+                self._checking[client] += 1
+                try:
+                    async with self._bcrypt:
+                        ok = await asyncio.get_running_loop().run_in_executor(
+                            None, self._web.check, authorization
+                        )
+                finally:
+                    self._checking[client] -= 1
+                    if not self._checking[client]:
+                        del self._checking[client]
                 if not ok:
                     return self._respond(
                         web.Response(
@@ -178,24 +201,27 @@ class HttpServer:
             max_headers=64,
             lingering_time=0,  # no bodies are read: close at once after refusing one
         )
-        host = self._listen.host or None
-        try:
-            # TLS is the guard's to start (after the connection is counted, on a deadline),
-            # not the loop's: the loop would hold a TLS session for every silent socket.
-            tls = self._web.ssl_context
-            listener = await loop.create_server(
-                lambda: Guard(server, self.connections, tls),
-                host,
-                self._listen.port,
-                reuse_address=True,
-                backlog=listen_backlog(),
-            )
-        except OSError as exc:
-            raise ConfigError(_bind_error(self._listen, exc)) from None
+        # TLS is the guard's to start (after the connection is counted, on a deadline), not
+        # the loop's: the loop would hold a TLS session for every silent socket.
+        tls = self._web.ssl_context
+        for listen in self._listen:
+            try:
+                listener = await loop.create_server(
+                    lambda: Guard(server, self.connections, tls),
+                    listen.host or None,
+                    listen.port,
+                    reuse_address=True,
+                    backlog=listen_backlog(),
+                )
+            except OSError as exc:
+                for bound in self._servers:  # the ones already bound are let go
+                    bound.close()
+                self._servers.clear()
+                raise ConfigError(_bind_error(listen, exc)) from None
+            self._servers.append(listener)
+            self.bound += [_format_address(s.getsockname()) for s in listener.sockets]
         self._server = server
-        self._servers.append(listener)
         self._sweeper = loop.create_task(self.connections.sweep_forever())
-        self.bound = [_format_address(s.getsockname()) for s in listener.sockets]
         return self
 
     async def __aexit__(

@@ -124,7 +124,8 @@ class Settings(BaseSettings):
         default=None, description="file whose content is the database password"
     )
     listen_address: str = Field(
-        default=f":{DEFAULT_PORT}", description=f"host:port to serve on (default :{DEFAULT_PORT})"
+        default=f":{DEFAULT_PORT}",
+        description=f"host:port to serve on, or several, comma-separated (default :{DEFAULT_PORT})",
     )
     queries_file: Path = Field(
         default=SHIPPED_QUERIES, description="queries file (default: the shipped queries.yaml)"
@@ -237,7 +238,9 @@ class Settings(BaseSettings):
     @field_validator("listen_address")
     @classmethod
     def _listen(cls, value: str) -> str:
-        ListenAddress.parse(value)
+        parsed = [str(ListenAddress.parse(part.strip())) for part in value.split(",")]
+        if len(set(parsed)) != len(parsed):
+            raise ValueError(f"an address is listed twice in {value!r}")
         return value
 
     @field_validator("locales")
@@ -255,8 +258,14 @@ class Settings(BaseSettings):
         return value
 
     @property
+    def listen_addresses(self) -> tuple[ListenAddress, ...]:
+        """Every address to serve on (exporter-toolkit takes --web.listen-address repeated)."""
+        return tuple(ListenAddress.parse(part.strip()) for part in self.listen_address.split(","))
+
+    @property
     def listen(self) -> ListenAddress:
-        return ListenAddress.parse(self.listen_address)
+        """The first address: the one the healthcheck and the demo's banner use."""
+        return self.listen_addresses[0]
 
     def query_params(self) -> dict[str, object]:
         """The values a query may declare under `params:`, by name (schema.Param)."""

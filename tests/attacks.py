@@ -30,16 +30,26 @@ def basic(user: str, password: str) -> str:
 
 
 def start(
-    tmp: Path, *, password: str | None = None, wrapper: tuple[str, ...] = (), tls: bool = False
+    tmp: Path,
+    *,
+    password: str | None = None,
+    wrapper: tuple[str, ...] = (),
+    tls: bool = False,
+    ipv6: bool = False,
+    fresh_user: str | None = None,
 ) -> Exporter:
     """The exporter with no database behind it, with basic auth for USER when `password`,
-    serving TLS (a throwaway certificate; `Exporter.context` trusts it) when `tls`."""
+    serving TLS (a throwaway certificate; `Exporter.context` trusts it) when `tls`. The
+    harness's own requests are USER's, so their check is cached; `fresh_user` is a second
+    user with the same password whose first request is a real bcrypt check."""
     env = {"HOMEPAGE_EXPORTER_DATABASE_URL": NOWHERE, "HOMEPAGE_EXPORTER_CONNECT_TIMEOUT": "1s"}
     headers = {}
     web = ""
     if password is not None:
         hashed = bcrypt.hashpw(password.encode(), bcrypt.gensalt(rounds=10)).decode()
         web += f"basic_auth_users:\n  {USER}: '{hashed}'\n"
+        if fresh_user is not None:
+            web += f"  {fresh_user}: '{hashed}'\n"
         headers["Authorization"] = basic(USER, password)
     context = None
     if tls:
@@ -51,7 +61,7 @@ def start(
         env["HOMEPAGE_EXPORTER_WEB_CONFIG_FILE"] = str(tmp / "web.yml")
     scheme = "https" if tls else "http"
     return Exporter(
-        env, ("run",), scheme=scheme, context=context, headers=headers, wrapper=wrapper
+        env, ("run",), scheme=scheme, context=context, headers=headers, wrapper=wrapper, ipv6=ipv6
     ).wait_healthy()
 
 

@@ -91,6 +91,7 @@ class Exporter:
         context: ssl.SSLContext | None = None,
         headers: Mapping[str, str] | None = None,
         wrapper: tuple[str, ...] = (),
+        ipv6: bool = False,
     ) -> None:
         self.port = free_port()
         self.url = f"{scheme}://127.0.0.1:{self.port}"
@@ -102,7 +103,9 @@ class Exporter:
             for k, v in os.environ.items()
             if not k.startswith("HOMEPAGE_EXPORTER_") and k != "DATABASE_URL"
         }
-        full_env.update({"HOMEPAGE_EXPORTER_LISTEN_ADDRESS": f"127.0.0.1:{self.port}", **env})
+        # With `ipv6`, on ::1 as well (the same port): two client addresses on loopback.
+        listen = f"127.0.0.1:{self.port}" + (f",[::1]:{self.port}" if ipv6 else "")
+        full_env.update({"HOMEPAGE_EXPORTER_LISTEN_ADDRESS": listen, **env})
         self.proc = subprocess.Popen(
             [*wrapper, sys.executable, "-m", "exporter", *args],
             env=full_env,
