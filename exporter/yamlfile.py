@@ -111,6 +111,15 @@ def _lines(node: yaml.Node, loc: Loc, out: dict[Loc, int], path: Path) -> None:
         for key_node, value_node in node.value:
             key = str(key_node.value)
             line = key_node.start_mark.line + 1
+            if key_node.tag != "tag:yaml.org,2002:str":
+                # `1:`, `~:` or `true:` load as a number, None or a bool: every key of every
+                # file here is a name, and a non-text key would be reported at its parent.
+                raise ConfigError.at(
+                    path,
+                    f"a key must be text, got {key_node.value!r} (quote it if it is a name)",
+                    line=line,
+                    key=key_path(loc) if loc else None,
+                )
             if key in seen:
                 raise ConfigError.at(
                     path,

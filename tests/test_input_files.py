@@ -334,3 +334,19 @@ def test_a_target_with_no_locales_is_refused_not_given_the_global_ones(
     set_env(monkeypatch, TARGETS_FILE=str(targets), LOCALES="en,de")
     with pytest.raises(ConfigError, match=r"targets\.yaml:4: targets\.eu\.locales"):
         load_targets(load_settings())
+
+
+@pytest.mark.parametrize("key", ["1", "~", "true", "2.5"])
+def test_a_key_that_is_not_text_is_named_at_its_own_line(tmp_path: Path, key: str) -> None:
+    """It was reported at the query's line as `queries.q1.None`."""
+    queries = tmp_path / "q.yaml"
+    queries.write_text(
+        "version: 1\nqueries:\n  - name: q1\n    help: One.\n    sql: SELECT 1 AS v\n"
+        f"    interval: 30s\n    {key}: x\n    timeout: 5s\n"
+        "    metrics:\n      - {name: test_one, help: One., value: v}\n"
+    )
+    with pytest.raises(ConfigError) as caught:
+        load_config(queries)
+    assert str(caught.value) == (
+        f"{queries}:7: queries[0]: a key must be text, got {key!r} (quote it if it is a name)"
+    )
