@@ -160,3 +160,23 @@ def test_a_quick_restart_gets_the_default_port_again() -> None:
         accepted.close()  # the server side closes first: its end waits in TIME_WAIT
         client.close()
     assert _port_free(port)
+
+
+@pytest.mark.parametrize(
+    ("flag", "value", "said"),
+    [
+        ("--listen-address", "nowhere", 'expected "host:port"'),
+        ("--queries-file", "/nonexistent/queries.yaml", "/nonexistent/queries.yaml: no such file"),
+    ],
+    ids=["listen", "queries"],
+)
+def test_a_bad_flag_is_said_before_any_database_is_made(flag: str, value: str, said: str) -> None:
+    """It started PostgreSQL, built the CMS, then refused the flag and removed it all again."""
+    result = subprocess.run(
+        [sys.executable, "-m", "exporter", "demo", flag, value],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert result.returncode == 2, result.stderr
+    assert said in result.stderr
+    assert "demo_database_started" not in result.stderr
+    assert "Traceback" not in result.stderr

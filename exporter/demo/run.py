@@ -72,6 +72,14 @@ async def _serve(settings: Settings, cluster: Cluster) -> None:
 def demo(listen_address: str | None, queries_file: Path | None) -> int:
     """Run everything in the foreground until Ctrl-C; leave nothing behind."""
     log = get_logger(component="demo")
+    flags: dict[str, object] = {"listen_address": _listen_address(listen_address)}
+    if queries_file is not None:
+        flags["queries_file"] = queries_file
+    try:  # the flags first: a mistake is said before a database is made for nothing
+        load_config(load_settings(flags).queries_file)
+    except ConfigError as exc:
+        print(f"homepage-cms-exporter demo: {exc}", file=sys.stderr)
+        return 2
     try:
         cluster = Cluster(cron_database=DATABASE)
     except ClusterError as exc:
@@ -96,13 +104,11 @@ def demo(listen_address: str | None, queries_file: Path | None) -> int:
                 empty=", ".join(EMPTY_WITHOUT[e] for e in missing),
             )
         overrides: dict[str, object] = {
+            **flags,
             "database_url": cluster.url(EXPORTER_ROLE, password, DATABASE),
-            "listen_address": _listen_address(listen_address),
             "locales": LOCALES,
             "media_storage_quota_bytes": DEMO_QUOTA_BYTES,
         }
-        if queries_file is not None:
-            overrides["queries_file"] = queries_file
         settings = load_settings(overrides)
         url = f"http://{settings.listen}/metrics"
         print(
