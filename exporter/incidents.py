@@ -375,28 +375,27 @@ def incidents(cms_cron_job: str, cms_cron_owner: str) -> list[Incident]:
             " grant on section_versions hides the published versions (runbook P1 path B).",
             for_="2m",
         ),
-        # The runbook's "Verify data integrity" join, on what is live: a section whose pointer
-        # names another section's version shows that section's content (another locale's
-        # hero), and no render count can tell. No version or an unpublished one is
-        # HomepageContentHidden's page (the render's LEFT JOIN gives NULL content); its
-        # triage says which.
+        # The runbook's "Verify data integrity" join, on what is live. A section pointing at
+        # another section's version shows that section's content (another locale's hero);
+        # one pointing at a draft shows it, unreviewed, where the versions' policy lets the
+        # public read drafts; with a render that INNER JOINs the versions, one pointing at
+        # nothing vanishes. No count of the render sees these. Where the render gives such
+        # sections without content instead (the runbook's LEFT JOIN, a policy that hides
+        # drafts), HomepageContentHidden pages for the locale and this one keeps quiet.
         Incident(
-            "HomepageLiveSectionShowsAnotherVersion",
+            "HomepageLiveSectionVersionWrong",
             C,
             Priority.P2,
             RunbookPath.NONE,
             "homepage",
-            Signal(
-                "homepage_live_sections_version_wrong",
-                Op.GT,
-                0,
-                match=(("problem", "another_sections_version"),),
-            ),
-            "A live homepage section shows another section's version.",
+            Signal("homepage_live_sections_version_wrong", Op.GT, 0),
+            "A live homepage section shows a version it should not.",
             "{{ $value }} live sections of locale {{ $labels.locale }} on {{ $labels.instance }}"
-            " point (published_version_id) at a version of another section: the public sees"
-            " that section's content. Publish each section's own version again (runbook,"
-            " Backup & Recovery, Scenario 1).",
+            " have a published_version_id that is wrong ({{ $labels.problem }}): the public"
+            " sees another section's content, a draft, or nothing. Point each back at its own"
+            " published version (runbook, Backup & Recovery, Scenario 1).",
+            unless=Signal("homepage_render_sections_without_content", Op.GT, 0),
+            on=("locale",),
             for_="2m",
             labels=(("priority", "P2"),),
         ),

@@ -81,7 +81,7 @@ EDGES: list[Edge] = [
                          'homepage_sections_visible_to_anon{locale="en"}': 3}),
     Edge("HomepageContentHidden", "critical",
          'homepage_render_sections_without_content{locale="en", role="anon"}', 1, 0),
-    Edge("HomepageLiveSectionShowsAnotherVersion", "critical",
+    Edge("HomepageLiveSectionVersionWrong", "critical",
          'homepage_live_sections_version_wrong{locale="de", problem="another_sections_version"}',
          1, 0),
     # None received: a hidden table. Some received, one fewer than linked: the function's own

@@ -349,7 +349,7 @@ INCIDENTS = [
              "UPDATE homepage_sections d SET published_version_id = f.published_version_id"
              " FROM homepage_sections f WHERE d.locale = 'de' AND d.section_key = 'hero'"
              " AND f.locale = 'en' AND f.section_key = 'hero';",
-             frozenset({("HomepageLiveSectionShowsAnotherVersion", "critical")}), within=5),
+             frozenset({("HomepageLiveSectionVersionWrong", "critical")}), within=5),
     Scenario("a live section points at an unreviewed draft", "incident",
              "INSERT INTO section_versions (section_id, version_number, content)"
              " SELECT id, 999, '{}' FROM homepage_sections"
@@ -357,6 +357,17 @@ INCIDENTS = [
              " UPDATE homepage_sections hs SET published_version_id = v.id"
              " FROM section_versions v WHERE v.section_id = hs.id AND v.version_number = 999;",
              frozenset({("HomepageContentHidden", "critical")}), within=5),
+    # A CMS whose versions are readable to all (previews by URL): the draft is shown, with
+    # content, and only the pointer check can tell.
+    Scenario("a live section points at a draft the public may read", "incident",
+             'ALTER POLICY "Published versions viewable by everyone" ON section_versions'
+             " USING (true);"
+             " INSERT INTO section_versions (section_id, version_number, content)"
+             " SELECT id, 999, '{}' FROM homepage_sections"
+             " WHERE locale = 'de' AND section_key = 'grid';"
+             " UPDATE homepage_sections hs SET published_version_id = v.id"
+             " FROM section_versions v WHERE v.section_id = hs.id AND v.version_number = 999;",
+             frozenset({("HomepageLiveSectionVersionWrong", "critical")}), within=5),
     Scenario("P1 path B: the products' read policy narrowed to signed-in users", "incident",
              'ALTER POLICY "Section products viewable by everyone" ON section_products'
              " TO authenticated;",

@@ -658,7 +658,7 @@ BROKEN = {
         "UPDATE homepage_sections d SET published_version_id = f.published_version_id"
         " FROM homepage_sections f WHERE d.locale = 'de' AND d.section_key = 'hero-banner'"
         " AND f.locale = 'fr' AND f.section_key = 'hero-banner'",
-        "HomepageLiveSectionShowsAnotherVersion",
+        "HomepageLiveSectionVersionWrong",
     ),
     "a live section pointed at a new draft": (
         "INSERT INTO section_versions (section_id, version_number, content)"
@@ -693,10 +693,37 @@ def test_the_printed_statements_fix_what_triage_found(
     # Whatever was live before is live again: each live section shows its own published version.
     assert (
         pg.psql(
-            "SELECT count(*) FROM homepage_sections hs JOIN section_versions sv"
+            "SELECT count(*) FROM homepage_sections hs LEFT JOIN section_versions sv"
             " ON sv.id = hs.published_version_id WHERE hs.is_active AND hs.status = 'published'"
-            " AND (sv.section_id <> hs.id OR NOT sv.is_published)",
+            " AND (sv.id IS NULL OR sv.section_id <> hs.id OR NOT sv.is_published)",
             database=homepage,
         ).strip()
         == "0"
     )
+
+
+def test_the_runbooks_statements_for_a_wrong_live_version(pg: Cluster, homepage: str) -> None:
+    """docs/runbook.md's HomepageLiveSectionVersionWrong: its triage finds the section, its fix
+    (filled in as the page says) points it back at its own published version."""
+    pg.psql(
+        "UPDATE homepage_sections d SET published_version_id = f.published_version_id"
+        " FROM homepage_sections f WHERE d.locale = 'de' AND d.section_key = 'hero-banner'"
+        " AND f.locale = 'fr' AND f.section_key = 'hero-banner'",
+        database=homepage,
+    )
+    look, fix = sql_blocks("HomepageLiveSectionVersionWrong")
+    found = pg.psql(look, database=homepage).strip().splitlines()
+    assert len(found) == 1, found
+    assert "|de|hero-banner|" in found[0]
+    assert found[0].endswith("|t|fr|hero-banner")
+    section = found[0].split("|")[0]
+    own = pg.psql(
+        f"SELECT id FROM section_versions WHERE section_id = '{section}' AND is_published",
+        database=homepage,
+    ).strip()
+    pg.psql(
+        fix.replace("<section-uuid>", section).replace("<its-own-version-uuid>", own),
+        database=homepage,
+    )
+    assert pg.psql(look, database=homepage).strip() == ""
+    assert report(pg, homepage)[0] == 0

@@ -171,9 +171,15 @@ _LIVE_POINTERS = (
     "   WHERE v.section_id = hs.id AND v.is_published"
     "   ORDER BY v.version_number DESC LIMIT 1) own ON true"
     " WHERE hs.locale = ANY ($1::text[]) AND hs.is_active AND hs.status = 'published'"
-    "   AND (hs.published_version_id IS NULL OR sv.id IS NULL"
-    "        OR sv.section_id IS DISTINCT FROM hs.id OR sv.is_published IS NOT TRUE)"
+    "   AND ({which})"
     f" ORDER BY hs.locale, hs.section_key, hs.id LIMIT {MAX_ROWS}"
+)
+# Which pointers, in SQL (before the LIMIT): another section's version; or none the public
+# can get content from (no version, a missing one, an unpublished one of its own).
+ANOTHER_SECTIONS = "sv.id IS NOT NULL AND sv.section_id IS DISTINCT FROM hs.id"
+NO_CONTENT = (
+    "hs.published_version_id IS NULL OR sv.id IS NULL"
+    " OR (sv.section_id = hs.id AND sv.is_published IS NOT TRUE)"
 )
 
 
@@ -197,18 +203,16 @@ def _without_own(rows: Sequence[Mapping[str, Any]]) -> str:
     )
 
 
-async def live_section_shows_another_version(ctx: Context, firing: Firing) -> Finding:
+async def live_section_version_wrong(ctx: Context, firing: Firing) -> Finding:
     locales = _labels(firing, "locale")
-    wrong = [
-        r
-        for r in await ctx.rows(_LIVE_POINTERS, locales)
-        if str(r["problem"]).startswith("another section")
-    ]
+    which = f"({ANOTHER_SECTIONS}) OR ({NO_CONTENT})"
+    wrong = await ctx.rows(_LIVE_POINTERS.format(which=which), locales)
     where = ", ".join(locales)
     return Finding(
         firing.incident,
-        f"live sections of {where} show another section's version",
-        f"{len(wrong)} live sections point (published_version_id) at a version of another section",
+        f"live sections of {where} show a version they should not",
+        f"{len(wrong)} live sections point (published_version_id) at another section's"
+        " version, a draft, or nothing",
         wrong,
         "Point each back at its own published version, then verify the homepage as anon."
         + _without_own(wrong),
@@ -221,17 +225,18 @@ async def content_hidden(ctx: Context, firing: Firing) -> Finding:
     where = ", ".join(f"{locale} ({role})" for locale, role in pairs)
     # First the sections themselves: one pointing at no version, or at a draft the public may
     # not read, arrives without content however right the policies are.
-    pointers = await ctx.rows(_LIVE_POINTERS, sorted({locale for locale, _ in pairs}))
+    locales = sorted({locale for locale, _ in pairs})
+    pointers = await ctx.rows(_LIVE_POINTERS.format(which=NO_CONTENT), locales)
     if pointers:
         return Finding(
             firing.incident,
             f"live sections of {where} have no published version to show",
             f"{len(pointers)} live sections point (published_version_id) at no version, a"
-            " missing one, an unpublished one or another section's: the public gets them"
-            " without content",
+            " missing one or an unpublished one: the public gets them without content",
             pointers,
-            "Point each back at its own published version, then verify the homepage as anon."
-            + _without_own(pointers),
+            "Point each back at its own published version, then verify the homepage as anon;"
+            " sections still without content after that are the versions' policy (run triage"
+            " again)." + _without_own(pointers),
             _publish_own(pointers),
         )
     access = await _read_access(ctx, "section_versions")
@@ -831,7 +836,7 @@ DRILLDOWNS: Mapping[str, DrillDown] = {
     "HomepageNoLiveSections": no_live_sections,
     "HomepageInvisibleToPublic": invisible_to_public,
     "HomepageContentHidden": content_hidden,
-    "HomepageLiveSectionShowsAnotherVersion": live_section_shows_another_version,
+    "HomepageLiveSectionVersionWrong": live_section_version_wrong,
     "HomepageCatalogHidden": catalog_hidden,
     "HomepageRenderEmpty": render_empty,
     "HomepageRenderFailing": render_failing,
