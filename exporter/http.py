@@ -99,6 +99,7 @@ class HttpServer:
         }
         self._bcrypt = asyncio.Semaphore(BCRYPT_CONCURRENCY)
         self._checking: collections.Counter[str] = collections.Counter()  # by address
+        self._checks: dict[bytes, asyncio.Future[bool]] = {}  # in flight, by credentials
         self.connections = Connections(connection_limit())
         self.bound: list[str] = []
 
@@ -115,8 +116,8 @@ class HttpServer:
         if self._web.users and path not in self._web.open_paths:
             authorization = request.headers.get("Authorization")
             if not self._web.is_cached(authorization):
-                client = request.remote or ""
-                if self._checking[client] >= PASSWORD_CHECKS_PER_CLIENT:
+                ok = await self._password_check(request, authorization)
+                if ok is None:
                     return self._respond(
                         _closing(
                             429,
@@ -124,16 +125,6 @@ class HttpServer:
                             {"Retry-After": "1"},
                         )
                     )
-                self._checking[client] += 1
-                try:
-                    async with self._bcrypt:
-                        ok = await asyncio.get_running_loop().run_in_executor(
-                            None, self._web.check, authorization
-                        )
-                finally:
-                    self._checking[client] -= 1
-                    if not self._checking[client]:
-                        del self._checking[client]
                 if not ok:
                     return self._respond(
                         web.Response(
@@ -144,6 +135,43 @@ class HttpServer:
         if route is None:
             return self._respond(web.Response(status=404, text="not found\n"))
         return self._respond(await route(request))
+
+    async def _password_check(
+        self, request: web.BaseRequest, authorization: str | None
+    ) -> bool | None:
+        """The bcrypt check of `authorization`, or None when its address has its share
+        waiting. Requests carrying the same credentials share one check: Prometheus, just
+        started, asks for many /probe targets at once with one password, and each would
+        otherwise count against its address and wait for a bcrypt of its own."""
+        digest = self._web.digest(authorization)
+        shared = self._checks.get(digest) if digest is not None else None
+        if shared is not None:
+            try:
+                return await asyncio.shield(shared)
+            except asyncio.CancelledError:
+                if not shared.cancelled():
+                    raise  # this request was cancelled, not the check it waited on
+        client = request.remote or ""
+        if self._checking[client] >= PASSWORD_CHECKS_PER_CLIENT:
+            return None
+        self._checking[client] += 1
+        loop = asyncio.get_running_loop()
+        result: asyncio.Future[bool] = loop.create_future()
+        if digest is not None:
+            self._checks[digest] = result
+        try:
+            async with self._bcrypt:
+                ok = await loop.run_in_executor(None, self._web.check, authorization)
+            result.set_result(ok)
+            return ok
+        finally:
+            if not result.done():  # cancelled: those waiting on it check for themselves
+                result.cancel()
+            if digest is not None:
+                self._checks.pop(digest, None)
+            self._checking[client] -= 1
+            if not self._checking[client]:
+                del self._checking[client]
 
     def _respond(self, response: web.Response) -> web.Response:
         if "Server" not in response.headers:  # pages carry theirs already (_page_headers)
@@ -216,7 +244,10 @@ class HttpServer:
             except OSError as exc:
                 for bound in self._servers:  # the ones already bound are let go
                     bound.close()
+                    await bound.wait_closed()
                 self._servers.clear()
+                self.bound.clear()
+                self.connections.close_all()
                 raise ConfigError(_bind_error(listen, exc)) from None
             self._servers.append(listener)
             self.bound += [_format_address(s.getsockname()) for s in listener.sockets]

@@ -169,6 +169,12 @@ class WebConfig:
         key = hashlib.sha256(user.encode() + b"\0" + password.encode() + b"\0" + hashed).digest()
         return user, password, hashed, key
 
+    def digest(self, authorization: str | None) -> bytes | None:
+        """What identifies these credentials (user, password and its hash), never the password
+        itself; None for a header that is no Basic credential."""
+        parsed = self._key(authorization)
+        return None if parsed is None else parsed[3]
+
     def is_cached(self, authorization: str | None) -> bool:
         """True if this header was verified before (no bcrypt needed); cheap, on the loop."""
         parsed = self._key(authorization)
