@@ -22,7 +22,7 @@ from exporter.files import MAX_FILE_BYTES
 from exporter.settings import BIGINT_MAX, MAX_PASSWORD_FILE_BYTES, load_settings
 from exporter.targets import load_targets
 from exporter.webconfig import BCRYPT_HASH, load_web_config
-from tests.harness import self_signed_cert
+from tests.harness import self_signed_cert, write_queries
 
 URL = "postgresql://exporter@127.0.0.1:1/cms"
 
@@ -44,6 +44,16 @@ def not_utf8(folder: Path) -> Path:
     path = folder / "latin1"
     path.write_bytes(b"a: 1\nb: caf\xe9\n")
     return path
+
+
+def one_query(folder: Path, extra: str) -> Path:
+    """A queries file of one good query with `extra` lines (indented as its keys) inserted
+    after its timeout, on line 8."""
+    return write_queries(
+        folder / "q.yaml",
+        "  - name: one\n    help: One.\n    sql: SELECT 1 AS v\n    interval: 30s\n"
+        f"    timeout: 5s\n{extra}    metrics:\n      - {{name: test_one, help: One., value: v}}\n",
+    )
 
 
 # What each hostile path is, and what the one-line error must say about it.
@@ -249,13 +259,8 @@ def test_a_targets_quota_past_bigint_names_the_target(
 
 
 def test_max_series_past_bigint_is_refused_in_queries_yaml(tmp_path: Path) -> None:
-    queries = tmp_path / "q.yaml"
-    queries.write_text(
-        "version: 1\nqueries:\n  - name: one\n    help: One.\n    sql: SELECT 1 AS v\n"
-        f"    max_series: {BIGINT_MAX + 1}\n    interval: 30s\n    timeout: 5s\n"
-        "    metrics:\n      - {name: test_one, help: One., value: v}\n"
-    )
-    with pytest.raises(ConfigError, match=r"q\.yaml:6: queries\.one\.max_series"):
+    queries = one_query(tmp_path, f"    max_series: {BIGINT_MAX + 1}\n")
+    with pytest.raises(ConfigError, match=r"q\.yaml:8: queries\.one\.max_series"):
         load_config(queries)
 
 
@@ -315,12 +320,7 @@ def test_a_version_that_only_equals_1_is_refused(tmp_path: Path, version: str) -
 
 
 def test_each_names_the_parameter_as_written(tmp_path: Path) -> None:
-    queries = tmp_path / "q.yaml"
-    queries.write_text(
-        "version: 1\nqueries:\n  - name: one\n    help: One.\n    sql: SELECT 1 AS v\n"
-        "    interval: 30s\n    timeout: 5s\n    each: locales\n"
-        "    metrics:\n      - {name: test_one, help: One., value: v}\n"
-    )
+    queries = one_query(tmp_path, "    each: locales\n")
     with pytest.raises(ConfigError) as caught:
         load_config(queries)
     assert "queries.one.each: 'locales' is not one of the query's params" in str(caught.value)
@@ -339,14 +339,9 @@ def test_a_target_with_no_locales_is_refused_not_given_the_global_ones(
 @pytest.mark.parametrize("key", ["1", "~", "true", "2.5"])
 def test_a_key_that_is_not_text_is_named_at_its_own_line(tmp_path: Path, key: str) -> None:
     """It was reported at the query's line as `queries.q1.None`."""
-    queries = tmp_path / "q.yaml"
-    queries.write_text(
-        "version: 1\nqueries:\n  - name: q1\n    help: One.\n    sql: SELECT 1 AS v\n"
-        f"    interval: 30s\n    {key}: x\n    timeout: 5s\n"
-        "    metrics:\n      - {name: test_one, help: One., value: v}\n"
-    )
+    queries = one_query(tmp_path, f"    {key}: x\n")
     with pytest.raises(ConfigError) as caught:
         load_config(queries)
     assert str(caught.value) == (
-        f"{queries}:7: queries[0]: a key must be text, got {key!r} (quote it if it is a name)"
+        f"{queries}:8: queries[0]: a key must be text, got {key!r} (quote it if it is a name)"
     )

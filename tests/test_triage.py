@@ -457,6 +457,43 @@ def test_a_newer_failed_version_is_requeued_and_goes_live(pg: Cluster, homepage:
     assert finding(data, "P2", "B")["statements"] == []
 
 
+def test_overdue_schedules_that_would_roll_back_are_withdrawn_as_printed(
+    pg: Cluster, homepage: str
+) -> None:
+    """ScheduledPublishLag's statements, as printed, with the job stuck: a due schedule of an
+    older version and one of the live version itself are cancelled (dated), one of a newer
+    version is published; nothing goes back."""
+    _versions(pg, homepage, range(1, 2))  # one version newer than the live one
+    live = int(pg.psql(LIVE_VERSION, database=homepage))
+    made = pg.psql(
+        "INSERT INTO section_schedules (section_id, version_id, publish_at, status, updated_at)"
+        f" SELECT {HERO}, sv.id, now() - interval '40 minutes', 'pending',"
+        " now() - interval '1 day' FROM section_versions sv"
+        f" WHERE sv.section_id = {HERO} AND sv.version_number IN ({live - 1}, {live}, {live + 1})"
+        " RETURNING id",
+        database=homepage,
+    ).split()
+    code, data = report(pg, homepage)
+    assert code == 2
+    lag = next(f for f in data["findings"] if f["alert"] == "ScheduledPublishLag")
+    assert "2 would publish a version no newer than the live one" in lag["seen"]
+    cancel, process = lag["statements"]
+    for statement in (cancel, process):
+        pg.psql(statement, database=homepage)
+    assert int(pg.psql(LIVE_VERSION, database=homepage)) == live + 1
+    states = pg.psql(
+        "SELECT sv.version_number, sc.status, sc.updated_at > now() - interval '1 hour'"
+        " FROM section_schedules sc JOIN section_versions sv ON sv.id = sc.version_id"
+        f" WHERE sc.id IN ({', '.join(repr(i) for i in made)}) ORDER BY 1",
+        database=homepage,
+    ).split()
+    assert states == [
+        f"{live - 1}|cancelled|t",
+        f"{live}|cancelled|t",
+        f"{live + 1}|completed|t",
+    ]
+
+
 SLOW_RENDER = """
 ALTER FUNCTION get_homepage_content(text) RENAME TO get_homepage_content_fast;
 CREATE FUNCTION get_homepage_content(p_locale text) RETURNS SETOF record
