@@ -152,17 +152,19 @@ async def invisible_to_public(ctx: Context, firing: Firing) -> Finding:
     )
 
 
-# Each live section of the locales whose published_version_id is not right, with the version
-# it should show: its own published one (the newest, should there be several), which
+# Each live section of the locales whose published_version_id is wrong, classified as the
+# live_versions query classifies it (the `problem` label), with what it points at and the
+# version it should show: its own published one (the newest, should there be several), which
 # publish_section_version() points it back at. The runbook's "Verify data integrity" join.
+# The problems wanted are filtered before the LIMIT.
 _LIVE_POINTERS = (
-    "SELECT hs.id::text AS id, hs.locale, hs.section_key,"
-    " hs.published_version_id::text AS points_at,"
-    " CASE WHEN hs.published_version_id IS NULL THEN 'no version'"
-    "      WHEN sv.id IS NULL THEN 'a missing version'"
-    "      WHEN sv.section_id IS DISTINCT FROM hs.id THEN 'another section''s version ('"
-    "           || coalesce(o.locale || ' ' || o.section_key, 'a deleted section') || ')'"
-    "      ELSE 'an unpublished version (' || sv.version_number || ')' END AS problem,"
+    "SELECT * FROM (SELECT hs.id::text AS id, hs.locale, hs.section_key,"
+    " CASE WHEN hs.published_version_id IS NULL THEN 'no_version'"
+    "      WHEN sv.id IS NULL THEN 'missing_version'"
+    "      WHEN sv.section_id IS DISTINCT FROM hs.id THEN 'another_sections_version'"
+    "      WHEN sv.is_published IS NOT TRUE THEN 'unpublished_version' END AS problem,"
+    " hs.published_version_id::text AS points_at, sv.version_number AS points_at_number,"
+    " o.locale || ' ' || o.section_key AS points_at_section,"
     " own.id::text AS own_published_version, own.version_number AS own_version_number"
     " FROM homepage_sections hs"
     " LEFT JOIN section_versions sv ON sv.id = hs.published_version_id"
@@ -170,17 +172,14 @@ _LIVE_POINTERS = (
     " LEFT JOIN LATERAL (SELECT v.id, v.version_number FROM section_versions v"
     "   WHERE v.section_id = hs.id AND v.is_published"
     "   ORDER BY v.version_number DESC LIMIT 1) own ON true"
-    " WHERE hs.locale = ANY ($1::text[]) AND hs.is_active AND hs.status = 'published'"
-    "   AND ({which})"
-    f" ORDER BY hs.locale, hs.section_key, hs.id LIMIT {MAX_ROWS}"
+    " WHERE hs.locale = ANY ($1::text[]) AND hs.is_active AND hs.status = 'published') p"
+    " WHERE p.problem = ANY ($2::text[])"
+    f" ORDER BY p.locale, p.section_key, p.id LIMIT {MAX_ROWS}"
 )
-# Which pointers, in SQL (before the LIMIT): another section's version; or none the public
-# can get content from (no version, a missing one, an unpublished one of its own).
-ANOTHER_SECTIONS = "sv.id IS NOT NULL AND sv.section_id IS DISTINCT FROM hs.id"
-NO_CONTENT = (
-    "hs.published_version_id IS NULL OR sv.id IS NULL"
-    " OR (sv.section_id = hs.id AND sv.is_published IS NOT TRUE)"
-)
+# What gives the public a section without content (the runbook's LEFT JOIN): the rest of
+# the problems, another section's version, gives it the wrong content.
+NO_CONTENT = ["no_version", "missing_version", "unpublished_version"]
+EVERY_PROBLEM = [*NO_CONTENT, "another_sections_version"]
 
 
 def _publish_own(rows: Sequence[Mapping[str, Any]]) -> list[str]:
@@ -205,8 +204,7 @@ def _without_own(rows: Sequence[Mapping[str, Any]]) -> str:
 
 async def live_section_version_wrong(ctx: Context, firing: Firing) -> Finding:
     locales = _labels(firing, "locale")
-    which = f"({ANOTHER_SECTIONS}) OR ({NO_CONTENT})"
-    wrong = await ctx.rows(_LIVE_POINTERS.format(which=which), locales)
+    wrong = await ctx.rows(_LIVE_POINTERS, locales, EVERY_PROBLEM)
     where = ", ".join(locales)
     return Finding(
         firing.incident,
@@ -226,7 +224,7 @@ async def content_hidden(ctx: Context, firing: Firing) -> Finding:
     # First the sections themselves: one pointing at no version, or at a draft the public may
     # not read, arrives without content however right the policies are.
     locales = sorted({locale for locale, _ in pairs})
-    pointers = await ctx.rows(_LIVE_POINTERS.format(which=NO_CONTENT), locales)
+    pointers = await ctx.rows(_LIVE_POINTERS, locales, NO_CONTENT)
     if pointers:
         return Finding(
             firing.incident,
